@@ -1,0 +1,91 @@
+"""Building and encoding wire events (DESIGN section 3). Standard library only."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from .wire import KINDS, MAX_EVENT_BYTES, WIRE_VERSION, is_valid_job_id
+
+Event = dict[str, Any]
+
+
+def wire_number(value: Any) -> float | int | str | None:
+    """Return ``value`` as a wire number: NaN and infinities become ``"nan"``, ``"inf"``, ``"-inf"``.
+
+    Values that are not numbers (tensors aside, which are converted with ``float``) become None.
+    """
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    if math.isnan(number):
+        return "nan"
+    if math.isinf(number):
+        return "inf" if number > 0 else "-inf"
+    return number
+
+
+def build_event(
+    kind: str,
+    job_id: str,
+    step: int,
+    epoch: float | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    info: Mapping[str, Any] | None = None,
+    ts: float | None = None,
+) -> Event:
+    """Return a version-1 wire event as a plain dict.
+
+    Metric values are converted with :func:`wire_number`; non-numeric metrics are dropped.
+
+    Raises:
+        ValueError: on an unknown kind, an invalid job id or a negative step.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown event kind {kind!r}")
+    if not is_valid_job_id(job_id):
+        raise ValueError(f"invalid job id {job_id!r}")
+    if int(step) < 0:
+        raise ValueError(f"negative step {step}")
+    clean_metrics = {}
+    for name, value in (metrics or {}).items():
+        number = wire_number(value)
+        if number is not None or value is None:
+            clean_metrics[str(name)] = number
+    return {
+        "v": WIRE_VERSION,
+        "job_id": job_id,
+        "kind": kind,
+        "step": int(step),
+        "epoch": None if epoch is None else float(epoch),
+        "ts": time.time() if ts is None else float(ts),
+        "metrics": clean_metrics,
+        "info": dict(info or {}),
+    }
+
+
+def encode_event(event: Event) -> str:
+    """Encode an event as compact JSON, at most ``MAX_EVENT_BYTES`` UTF-8 bytes.
+
+    An oversize event keeps its identity and numbers; its ``info`` is replaced by a note so
+    the event still counts (an oversize ``retained`` list is the only realistic cause).
+
+    Raises:
+        ValueError: if the event is oversize even without ``info``.
+    """
+    text = json.dumps(event, separators=(",", ":"), allow_nan=False)
+    if len(text.encode("utf-8")) <= MAX_EVENT_BYTES:
+        return text
+    slim = {**event, "info": {"truncated": True}}
+    text = json.dumps(slim, separators=(",", ":"), allow_nan=False)
+    if len(text.encode("utf-8")) > MAX_EVENT_BYTES:
+        raise ValueError("event exceeds 64 KiB even without info")
+    return text

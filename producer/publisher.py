@@ -1,0 +1,241 @@
+"""EventPublisher: hands events from the training loop to Redis without ever blocking it.
+
+``publish`` only appends to an in-memory queue. A daemon thread takes batches from the queue
+and sends them with one pipelined round of XADD. While Redis is unreachable the thread
+appends the batches to a local spool file instead, and once Redis answers again it delivers
+the spool first, so events arrive in the order they were published. Delivery is at least
+once; the scorer ignores duplicates.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from .events import Event, build_event, encode_event
+from .spool import Spool
+from .wire import EVENT_FIELD, stream_key
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+
+
+def default_spool_dir() -> Path:
+    """Return ``$CKPT_SPOOL_DIR`` or ``~/.cache/checkpoint-pipeline/spool``."""
+    configured = os.environ.get("CKPT_SPOOL_DIR")
+    if configured:
+        return Path(configured)
+    return Path.home() / ".cache" / "checkpoint-pipeline" / "spool"
+
+
+class EventPublisher:
+    """Publishes one job's events to ``ckpt:{<job>}:events`` from a background thread.
+
+    Args:
+        job_id: the job; defaults to ``$JOB_ID``.
+        redis_url: defaults to ``$REDIS_URL``, then ``redis://localhost:6379/0``.
+        spool_dir: where undeliverable events wait; defaults to :func:`default_spool_dir`.
+        max_queue_events: memory bound; events published beyond it are counted as dropped.
+        batch_max_events: events per pipelined XADD round.
+        flush_interval_ms: how long the thread lets events gather before sending.
+        socket_timeout_s: Redis connect and read timeout, paid by the thread, never the caller.
+        retry_max_s: longest wait between reconnection attempts while Redis is down.
+        redis_client: an existing ``redis.Redis`` to use instead of ``redis_url``.
+
+    Raises:
+        ValueError: if no valid job id is given or found in the environment.
+    """
+
+    def __init__(
+        self,
+        job_id: str | None = None,
+        redis_url: str | None = None,
+        *,
+        spool_dir: str | os.PathLike[str] | None = None,
+        max_queue_events: int = 100_000,
+        batch_max_events: int = 500,
+        flush_interval_ms: int = 50,
+        socket_timeout_s: float = 2.0,
+        retry_max_s: float = 5.0,
+        redis_client: Any = None,
+    ) -> None:
+        self.job_id = job_id or os.environ.get("JOB_ID", "")
+        self.key = stream_key(self.job_id)
+        self.redis_url = redis_url or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+        self.spool = Spool(spool_dir or default_spool_dir(), self.job_id)
+        self.max_queue_events = max_queue_events
+        self.batch_max_events = batch_max_events
+        self.flush_interval_s = flush_interval_ms / 1000
+        self.socket_timeout_s = socket_timeout_s
+        self.retry_max_s = retry_max_s
+        self.sent = 0
+        self.spooled = 0
+        self.dropped = 0
+        self._client = redis_client
+        self._queue: deque[Event] = deque()
+        self._wake = threading.Event()
+        self._idle = threading.Event()
+        self._stopping = False
+        self._next_attempt = 0.0
+        self._backoff_s = 0.1
+        self._thread = threading.Thread(target=self._run, name=f"ckpt-publisher-{self.job_id}")
+        self._thread.daemon = True
+        self._thread.start()
+
+    def publish(self, event: Event) -> bool:
+        """Queue one event for delivery; never blocks and never raises.
+
+        Returns:
+            False when the event was dropped (queue full or publisher closed), else True.
+        """
+        if self._stopping or len(self._queue) >= self.max_queue_events:
+            self.dropped += 1
+            if self.dropped == 1:
+                log.warning("checkpoint events dropped: publisher closed or queue full")
+            return False
+        self._idle.clear()
+        self._queue.append(event)
+        if len(self._queue) >= self.batch_max_events:
+            self._wake.set()
+        return True
+
+    def emit(
+        self,
+        kind: str,
+        step: int,
+        epoch: float | None = None,
+        metrics: dict[str, Any] | None = None,
+        info: dict[str, Any] | None = None,
+    ) -> bool:
+        """Build an event for this job and :meth:`publish` it; never raises.
+
+        Returns:
+            True when the event was queued.
+        """
+        try:
+            event = build_event(kind, self.job_id, step, epoch, metrics, info)
+        except (TypeError, ValueError):
+            log.exception("checkpoint event not built")
+            return False
+        return self.publish(event)
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until every queued event reached Redis or the spool.
+
+        Returns:
+            True when nothing is left in memory before the timeout.
+        """
+        self._wake.set()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._idle.wait(timeout=0.01) and not self._queue:
+                return True
+            self._wake.set()
+        return not self._queue
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stop accepting events, deliver or spool what is queued, and stop the thread.
+
+        Events the thread could not handle within ``timeout_s`` are written to the spool here,
+        so nothing published before ``close`` is lost.
+        """
+        self._stopping = True
+        self._wake.set()
+        self._thread.join(timeout_s)
+        leftover = []
+        while self._queue:
+            leftover.append(self._queue.popleft())
+        if leftover:
+            self._spool_events(self._encode(leftover))
+
+    @property
+    def pending_events(self) -> int:
+        """Events still in memory (not yet in Redis or the spool)."""
+        return len(self._queue)
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self.flush_interval_s)
+            self._wake.clear()
+            try:
+                self._send_round()
+            except Exception:  # the thread must survive anything; events stay queued or spooled
+                log.exception("checkpoint publisher round failed")
+            if not self._queue:
+                self._idle.set()
+                if self._stopping:
+                    return
+
+    def _send_round(self) -> None:
+        if self.spool.pending() and self._redis_ready():
+            self._deliver_spool()
+        while self._queue:
+            batch = self._take_batch()
+            if self.spool.pending() or not self._redis_ready() or not self._xadd(batch):
+                self._spool_events(batch)
+        if self._stopping and self.spool.pending() and self._redis_ready():
+            self._deliver_spool()
+
+    def _take_batch(self) -> list[str]:
+        batch = []
+        while self._queue and len(batch) < self.batch_max_events:
+            batch.append(self._queue.popleft())
+        return self._encode(batch)
+
+    def _encode(self, events: list[Event]) -> list[str]:
+        encoded = []
+        for event in events:
+            try:
+                encoded.append(encode_event(event))
+            except (TypeError, ValueError):
+                self.dropped += 1
+                log.exception("checkpoint event not encodable; dropped")
+        return encoded
+
+    def _spool_events(self, encoded: list[str]) -> None:
+        self.spool.append(encoded)
+        self.spooled += len(encoded)
+
+    def _deliver_spool(self) -> None:
+        while True:
+            events, offset = self.spool.read_batch(self.batch_max_events)
+            if not events or not self._xadd(events):
+                return
+            self.spool.mark_delivered(offset)
+
+    def _redis_ready(self) -> bool:
+        return time.monotonic() >= self._next_attempt
+
+    def _xadd(self, encoded: list[str]) -> bool:
+        if not encoded:
+            return True
+        try:
+            pipe = self._redis().pipeline(transaction=False)
+            for text in encoded:
+                pipe.xadd(self.key, {EVENT_FIELD: text})
+            pipe.execute()
+        except Exception as exc:  # any Redis failure means: spool and retry later
+            self._next_attempt = time.monotonic() + self._backoff_s
+            log.warning("redis unavailable (%s); spooling for %.1fs", type(exc).__name__, self._backoff_s)
+            self._backoff_s = min(self._backoff_s * 2, self.retry_max_s)
+            return False
+        self._backoff_s = 0.1
+        self.sent += len(encoded)
+        return True
+
+    def _redis(self) -> Any:
+        if self._client is None:
+            import redis  # imported here so that building events needs no redis package
+
+            self._client = redis.Redis.from_url(
+                self.redis_url,
+                socket_timeout=self.socket_timeout_s,
+                socket_connect_timeout=self.socket_timeout_s,
+            )
+        return self._client

@@ -1,0 +1,56 @@
+"""Wire contract constants (DESIGN section 3), shared by producers and the scorer.
+
+This module is standard library only so that it can be embedded in a pod script.
+"""
+
+from __future__ import annotations
+
+import re
+
+WIRE_VERSION = 1
+EVENT_FIELD = "event"
+MAX_EVENT_BYTES = 64 * 1024
+
+TRAIN_BEGIN = "train_begin"
+TRAIN_LOG = "train_log"
+EVAL = "eval"
+CHECKPOINT_SAVED = "checkpoint_saved"
+TRAIN_END = "train_end"
+KINDS = (TRAIN_BEGIN, TRAIN_LOG, EVAL, CHECKPOINT_SAVED, TRAIN_END)
+
+END_STATUSES = ("completed", "failed", "cancelled")
+
+JOB_ID_PATTERN = r"[A-Za-z0-9_-]{1,64}"
+_JOB_ID_RE = re.compile(rf"^{JOB_ID_PATTERN}$")
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+def is_valid_job_id(job_id: object) -> bool:
+    """Return True when ``job_id`` is 1 to 64 characters of ``[A-Za-z0-9_-]``."""
+    return isinstance(job_id, str) and bool(_JOB_ID_RE.match(job_id))
+
+
+def stream_key(job_id: str) -> str:
+    """Return the Redis stream key of a job: ``ckpt:{<job_id>}:events``.
+
+    Raises:
+        ValueError: if ``job_id`` is not a valid job id.
+    """
+    if not is_valid_job_id(job_id):
+        raise ValueError(f"invalid job id {job_id!r}: expected 1-64 of [A-Za-z0-9_-]")
+    return f"ckpt:{{{job_id}}}:events"
+
+
+def job_of_stream_key(key: str) -> str | None:
+    """Return the job id inside a stream key, or None when ``key`` is not a job stream."""
+    if key.startswith("ckpt:{") and key.endswith("}:events"):
+        job_id = key[len("ckpt:{") : -len("}:events")]
+        return job_id if is_valid_job_id(job_id) else None
+    return None
+
+
+def checkpoint_step(name: str) -> int | None:
+    """Return N for a folder named ``checkpoint-N``, else None."""
+    if name.startswith(CHECKPOINT_PREFIX) and name[len(CHECKPOINT_PREFIX) :].isdigit():
+        return int(name[len(CHECKPOINT_PREFIX) :])
+    return None

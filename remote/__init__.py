@@ -1,0 +1,1 @@
+"""RunPod path: pod script rendering, registration and launch."""

@@ -1,0 +1,220 @@
+"""``ckpt-pipeline``: the command line of the pipeline, and its composition root.
+
+This is the one module that wires components together (producer, scorer, sink, remote);
+each command imports what it needs when it runs, so ``ckpt-pipeline pump`` does not load
+torch and the components keep the import rules of DESIGN section 2.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import PipelineError
+from .settings import Settings
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+def _redis(settings: Settings) -> Any:
+    from .connection import connect
+
+    return connect(settings)
+
+
+def _json_default(value: Any) -> Any:
+    return str(value)
+
+
+def _dump(data: Any) -> str:
+    return json.dumps(_finite(data), indent=2, default=_json_default)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
+
+
+class _Group(click.Group):
+    """Turns the project's own errors into one clear line and exit status 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (PipelineError, ValueError, FileNotFoundError) as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group)
+@click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
+def main(verbose: bool) -> None:
+    """Checkpoint pipeline: pick the best checkpoint of every fine-tuning run."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@main.command()
+@click.argument("job_id")
+@click.argument("job_token")
+@click.option("--create-row", is_flag=True, help="Insert the pending row in the SQLite sink.")
+@click.option("--model-name", default="", help="model_name of the created row.")
+def register(job_id: str, job_token: str, create_row: bool, model_name: str) -> None:
+    """Register JOB_ID with its JOB_TOKEN so the pipeline scores it and writes its row."""
+    from .registry import register_job
+
+    settings = _settings()
+    if create_row:
+        _create_row(settings, job_id, job_token, model_name)
+    register_job(_redis(settings), job_id, job_token)
+    click.echo(f"registered {job_id}")
+
+
+def _create_row(settings: Settings, job_id: str, job_token: str, model_name: str) -> None:
+    from sink.writers import writer_from_settings
+    from sink.writers.sqlite import SqliteWriter
+
+    writer = writer_from_settings(settings)
+    try:
+        if not isinstance(writer, SqliteWriter):
+            raise click.UsageError("--create-row works with the SQLite sink only (CKPT_SINK=sqlite:///...)")
+        writer.create_job(job_id, job_token, model_name=model_name or "unknown")
+    finally:
+        writer.close()
+
+
+@main.command()
+@click.argument("job_id")
+def unregister(job_id: str) -> None:
+    """Remove JOB_ID from the active jobs (its state and row stay)."""
+    from .registry import unregister_job
+
+    unregister_job(_redis(_settings()), job_id)
+    click.echo(f"unregistered {job_id}")
+
+
+@main.command()
+@click.argument("job_id")
+@click.argument("output_dir", type=click.Path(exists=True, file_okay=False))
+def replay(job_id: str, output_dir: str) -> None:
+    """Publish the events of a finished run in OUTPUT_DIR as JOB_ID (back-fills old runs)."""
+    from producer import EventPublisher
+
+    from .history import run_events
+
+    settings = _settings()
+    events = run_events(job_id, output_dir, ts=time.time())
+    publisher = EventPublisher(job_id, settings.redis_url)
+    for event in events:
+        publisher.publish(event)
+    publisher.close(timeout_s=60)
+    where = "sent" if not publisher.spooled else f"{publisher.spooled} spooled (Redis unreachable)"
+    click.echo(f"replayed {len(events)} events for {job_id}: {where}")
+
+
+@main.command()
+@click.option("--burst", is_flag=True, help="One pass that enqueues whatever is behind, then exit.")
+@click.option("--shard", default="0/1", show_default=True, help="This pump's shard, as INDEX/COUNT.")
+def pump(burst: bool, shard: str) -> None:
+    """Run the reconciler that enqueues drains and flushes for jobs that are behind."""
+    from .pump import Pump
+
+    index, _, count = shard.partition("/")
+    settings = _settings()
+    reconciler = Pump(_redis(settings), settings, int(index), int(count or 1))
+    if burst:
+        result = reconciler.run_once()
+        click.echo(
+            f"pump: {result.jobs} jobs, {result.drains_enqueued} drains and "
+            f"{result.flushes_enqueued} flushes enqueued"
+        )
+        return
+    reconciler.run()
+
+
+@main.command()
+@click.option("--burst", is_flag=True, help="Exit when nothing is behind.")
+def work(burst: bool) -> None:
+    """Run the pump and a scoring and a sink worker in one process."""
+    from .runner import run_all_in_one
+
+    settings = _settings()
+    passes = run_all_in_one(_redis(settings), settings, burst=burst)
+    if burst:
+        click.echo(f"work: idle after {passes} passes")
+
+
+@main.command()
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--profile", default="default", show_default=True, help="Scoring profile.")
+def checkpoints(directory: str, as_json: bool, profile: str) -> None:
+    """List the checkpoints of a run folder with their scores; mark the best and the latest."""
+    from .listing import list_checkpoints
+    from .scoring import get_profile
+
+    listing = list_checkpoints(directory, get_profile(profile))
+    if as_json:
+        click.echo(_dump(listing))
+        return
+    if not listing:
+        click.echo(f"no checkpoint-* folders in {directory}")
+        return
+    click.echo(f"{'checkpoint':<18}{'epoch':>7}{'eval_loss':>11}{'train_loss':>12}{'score':>10}  flags")
+    for item in listing:
+        flags = " ".join(f for f, on in (("best", item["is_best"]), ("latest", item["is_latest"])) if on)
+        click.echo(
+            f"{item['name']:<18}{_fmt(item['epoch'], 2):>7}{_fmt(item['eval_loss']):>11}"
+            f"{_fmt(item['train_loss']):>12}{_fmt(item['score']):>10}  {flags}"
+        )
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status(job_id: str, as_json: bool) -> None:
+    """Show JOB_ID's row and its pipeline state (lag, versions, dead letters, sink errors)."""
+    from .status import job_status
+
+    report = job_status(_settings(), _redis(_settings()), job_id)
+    if as_json:
+        click.echo(_dump(report))
+        return
+    click.echo(f"job {job_id}")
+    for section in ("pipeline", "row"):
+        click.echo(f"  {section}:")
+        for name, value in (report[section] or {}).items():
+            click.echo(f"    {name:<28} {_finite(value)}")
+
+
+@main.command()
+@click.option("--workdir", type=click.Path(file_okay=False), default="ckpt-demo", show_default=True)
+def demo(workdir: str) -> None:
+    """Fine-tune a tiny model until it overfits and watch the pipeline pick the best checkpoint."""
+    from .demo import run_demo
+
+    run_demo(Path(workdir))
+
+
+if __name__ == "__main__":
+    main()

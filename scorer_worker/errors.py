@@ -1,0 +1,41 @@
+"""The scorer's error hierarchy: one base class, decided on at the worker boundary."""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+
+class ConfigError(PipelineError):
+    """Settings are missing or malformed; fix the configuration and restart."""
+
+
+class InvalidEvent(PipelineError):
+    """An event failed validation; it is dead-lettered and changes no state.
+
+    Args:
+        reason: a readable, one-line reason.
+        raw: the payload as received, kept for the dead letter.
+    """
+
+    def __init__(self, reason: str, raw: bytes | str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.raw = raw
+
+
+class StateConflict(PipelineError):
+    """Another process committed the job's state first; re-read and try again."""
+
+
+class SinkError(PipelineError):
+    """Base class of errors writing the job row."""
+
+
+class TransientSinkError(SinkError):
+    """The database did not answer or failed temporarily; retry with backoff."""
+
+
+class PermanentSinkError(SinkError):
+    """The row cannot be written (missing row, wrong token); recorded, not retried."""

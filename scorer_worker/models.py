@@ -1,0 +1,155 @@
+"""Pydantic models of the wire contract, version 1: the schema of record (DESIGN section 3)."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import ValidationInfo, field_validator
+
+from producer.wire import CHECKPOINT_PREFIX, EVENT_FIELD, JOB_ID_PATTERN, MAX_EVENT_BYTES
+from producer.wire import WIRE_VERSION
+
+from .errors import InvalidEvent
+
+_SPECIAL_NUMBERS = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+CHECKPOINT_PATTERN = rf"^{CHECKPOINT_PREFIX}[0-9]+$"
+
+
+def _wire_number(value: Any) -> Any:
+    """Accept JSON numbers and the strings nan/inf/-inf; refuse bools and other strings."""
+    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+        return value
+    if isinstance(value, str) and value in _SPECIAL_NUMBERS:
+        return _SPECIAL_NUMBERS[value]
+    raise ValueError("expected a number, null, or one of 'nan', 'inf', '-inf'")
+
+
+def _plain_number(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("expected a JSON number")
+    if not math.isfinite(value):
+        raise ValueError("expected a finite number")
+    return value
+
+
+WireNumber = Annotated[float | None, BeforeValidator(_wire_number)]
+FiniteNumber = Annotated[float, BeforeValidator(_plain_number)]
+Count = Annotated[int, Field(strict=True, ge=0)]
+
+
+class _Info(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class TrainBeginInfo(_Info):
+    """``info`` of ``train_begin``."""
+
+    max_steps: Count | None = None
+    num_train_epochs: Annotated[FiniteNumber, Field(ge=0)] | None = None
+    resumed_from_step: Count | None = None
+    save_total_limit: Annotated[int, Field(strict=True)] | None = None
+    output_dir: Annotated[str, Field(max_length=1024)] | None = None
+
+
+class CheckpointInfo(_Info):
+    """``info`` of ``checkpoint_saved``: the folder saved and the folders retained after rotation."""
+
+    checkpoint: Annotated[str, Field(pattern=CHECKPOINT_PATTERN)]
+    retained: list[Annotated[str, Field(pattern=CHECKPOINT_PATTERN)]] = []
+
+
+class TrainEndInfo(_Info):
+    """``info`` of ``train_end``."""
+
+    status: Literal["completed", "failed", "cancelled"] = "completed"
+    error: Annotated[str, Field(max_length=8000)] | None = None
+
+
+_INFO_MODELS: dict[str, type[_Info]] = {
+    "train_begin": TrainBeginInfo,
+    "checkpoint_saved": CheckpointInfo,
+    "train_end": TrainEndInfo,
+}
+
+
+class WireEvent(BaseModel):
+    """One event as published on ``ckpt:{<job>}:events``; unknown fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    v: Literal[1]
+    job_id: Annotated[str, Field(pattern=rf"^{JOB_ID_PATTERN}$")]
+    kind: Literal["train_begin", "train_log", "eval", "checkpoint_saved", "train_end"]
+    step: Count
+    epoch: Annotated[FiniteNumber, Field(ge=0)] | None = None
+    ts: FiniteNumber
+    metrics: dict[str, WireNumber] = {}
+    info: Any = None
+
+    @field_validator("info", mode="before")
+    @classmethod
+    def _typed_info(cls, value: Any, context: ValidationInfo) -> Any:
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise ValueError("info must be an object")
+        model = _INFO_MODELS.get(context.data.get("kind", ""))
+        return model.model_validate(value) if model else value
+
+
+def decode_event(raw: bytes | str, stream_job_id: str) -> WireEvent:
+    """Decode and validate one stream entry's ``event`` field.
+
+    Args:
+        raw: the field's bytes (or text).
+        stream_job_id: the job named by the stream key; the payload must name the same job.
+
+    Raises:
+        InvalidEvent: with a readable reason and the raw payload.
+    """
+    size = len(raw.encode("utf-8") if isinstance(raw, str) else raw)
+    if size > MAX_EVENT_BYTES:
+        raise InvalidEvent(f"payload of {size} bytes exceeds {MAX_EVENT_BYTES}", raw)
+    try:
+        payload = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidEvent(f"malformed JSON: {exc}", raw) from None
+    if not isinstance(payload, dict):
+        raise InvalidEvent("event is not a JSON object", raw)
+    if payload.get("v", WIRE_VERSION) != WIRE_VERSION and isinstance(payload.get("v"), int):
+        raise InvalidEvent(f"unsupported wire version {payload['v']}", raw)
+    try:
+        event = WireEvent.model_validate(payload)
+    except ValidationError as exc:
+        raise InvalidEvent(_summarize(exc), raw) from None
+    if event.job_id != stream_job_id:
+        raise InvalidEvent(f"job_id {event.job_id!r} does not match stream job {stream_job_id!r}", raw)
+    return event
+
+
+def decode_entry(fields: dict[Any, Any], stream_job_id: str) -> WireEvent:
+    """Decode a stream entry's field map (which must hold the ``event`` field).
+
+    Raises:
+        InvalidEvent: when the field is missing or its payload is invalid.
+    """
+    raw = fields.get(EVENT_FIELD.encode()) or fields.get(EVENT_FIELD)
+    if raw is None:
+        names = sorted(str(k) for k in fields)
+        raise InvalidEvent(f"entry has no {EVENT_FIELD!r} field (fields: {names})", repr(fields))
+    return decode_event(raw, stream_job_id)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"bare {name} is not JSON; send it as a string")
+
+
+def _summarize(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors()[:5]:
+        where = ".".join(str(item) for item in error["loc"]) or "event"
+        parts.append(f"{where}: {error['msg']}")
+    return "invalid event: " + "; ".join(parts)

@@ -1,0 +1,136 @@
+"""The pump: a level-triggered reconciler that enqueues whatever is behind.
+
+Each pass compares every active job's stream with its cursor (anything left in the stream
+is undrained, because a drain trims what it committed) and the state's version with the
+version the sink last wrote. A missed notification therefore only delays work, never loses
+it. Only this trusted process (and the trusted workers) enqueue RQ tasks.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+from producer.wire import job_of_stream_key
+
+from . import keys
+from .dispatch import enqueue_once
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+STREAM_PATTERN = "ckpt:{*}:events"
+
+
+@dataclass
+class PassResult:
+    """What one pump pass saw and did."""
+
+    jobs: int = 0
+    behind_scoring: int = 0
+    behind_sink: int = 0
+    drains_enqueued: int = 0
+    flushes_enqueued: int = 0
+    retired: int = 0
+
+    @property
+    def idle(self) -> bool:
+        """True when no job is behind."""
+        return self.behind_scoring == 0 and self.behind_sink == 0
+
+
+class Pump:
+    """Reconciles streams, states and rows for the jobs of one shard.
+
+    Args:
+        redis: a Redis client (trusted credentials).
+        settings: pump interval, discovery interval, marker TTLs.
+        shard_index: which shard of the jobs this pump owns (0-based).
+        shard_count: how many pumps share the jobs, by CRC32 of the job id.
+    """
+
+    def __init__(self, redis: Any, settings: Settings, shard_index: int = 0, shard_count: int = 1):
+        if not 0 <= shard_index < shard_count:
+            raise ValueError(f"shard {shard_index} is not in 0..{shard_count - 1}")
+        self.redis = redis
+        self.settings = settings
+        self.shard_index = shard_index
+        self.shard_count = shard_count
+        self._last_discovery = 0.0
+
+    def owns(self, job_id: str) -> bool:
+        """Return True when ``job_id`` belongs to this pump's shard."""
+        return zlib.crc32(job_id.encode()) % self.shard_count == self.shard_index
+
+    def run_once(self) -> PassResult:
+        """Make one pass: discover streams, enqueue drains and flushes, retire finished jobs."""
+        if time.monotonic() - self._last_discovery >= self.settings.discover_interval_s:
+            self.discover()
+        jobs = sorted(j for j in (_text(m) for m in self.redis.smembers(keys.JOBS)) if self.owns(j))
+        result = PassResult(jobs=len(jobs))
+        for job_id, (length, version, written, status) in zip(jobs, self._levels(jobs)):
+            self._reconcile(job_id, length, version, written, status, result)
+        return result
+
+    def run(self, stop: threading.Event | None = None) -> None:
+        """Pass forever (until ``stop`` is set), sleeping ``pump_interval_ms`` between idle passes."""
+        stop = stop or threading.Event()
+        while not stop.is_set():
+            try:
+                result = self.run_once()
+            except Exception:  # a Redis outage must not kill the reconciler: retry next pass
+                log.exception("pump pass failed; retrying")
+                stop.wait(1.0)
+                continue
+            if result.drains_enqueued or result.flushes_enqueued:
+                log.info("pump: %s", result)
+            stop.wait(self.settings.pump_interval_ms / 1000)
+
+    def discover(self) -> int:
+        """Add jobs whose streams hold events but which are not in ``ckpt:jobs``.
+
+        Returns:
+            How many jobs were added.
+        """
+        self._last_discovery = time.monotonic()
+        found = []
+        for key in self.redis.scan_iter(match=STREAM_PATTERN, count=1000, _type="stream"):
+            job_id = job_of_stream_key(_text(key))
+            if job_id and self.owns(job_id) and self.redis.xlen(key) > 0:
+                found.append(job_id)
+        added = self.redis.sadd(keys.JOBS, *found) if found else 0
+        if added:
+            log.info("pump discovered %d unregistered job stream(s)", added)
+        return int(added)
+
+    def _levels(self, jobs: list[str]) -> list[tuple[int, int, int, str | None]]:
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in jobs:
+            pipe.xlen(keys.events(job_id))
+            pipe.hmget(keys.meta(job_id), "version", "written_version", "status")
+        replies = pipe.execute()
+        levels = []
+        for length, (version, written, status) in zip(replies[::2], replies[1::2]):
+            levels.append((int(length), int(version or 0), int(written or 0), _text(status)))
+        return levels
+
+    def _reconcile(self, job_id: str, length: int, version: int, written: int, status, result):
+        settings = self.settings
+        if length > 0:
+            result.behind_scoring += 1
+            if enqueue_once(self.redis, keys.SCORING_QUEUE, keys.DRAIN_TASK, job_id, settings):
+                result.drains_enqueued += 1
+        if version > written:
+            result.behind_sink += 1
+            if enqueue_once(self.redis, keys.SINK_QUEUE, keys.FLUSH_TASK, job_id, settings):
+                result.flushes_enqueued += 1
+        if length == 0 and version <= written and status in ("completed", "failed", "cancelled"):
+            self.redis.srem(keys.JOBS, job_id)  # finished and written: stop polling it
+            result.retired += 1
+
+
+def _text(value: Any) -> Any:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,68 @@
+"""All in one process: the pump plus a ``scoring`` and a ``sink`` worker (demo, tests, small sites)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import Any
+
+from rq import Queue, SimpleWorker
+from rq.exceptions import StopRequested
+
+from . import keys
+from .pump import Pump
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def run_all_in_one(
+    redis: Any, settings: Settings, *, burst: bool = False, stop: threading.Event | None = None
+) -> int:
+    """Alternate pump passes with burst runs of a worker on queues ``scoring`` and ``sink``.
+
+    The worker is a ``SimpleWorker`` (no fork per task), which is what makes one process
+    enough. With ``burst`` it returns once a pass finds nothing behind and both queues are
+    empty.
+
+    Returns:
+        The number of pump passes made.
+    """
+    stop = stop or threading.Event()
+    pump = Pump(redis, settings)
+    queues = [Queue(keys.SCORING_QUEUE, connection=redis), Queue(keys.SINK_QUEUE, connection=redis)]
+    try:
+        return _loop(pump, queues, redis, settings, burst, stop)
+    except (StopRequested, KeyboardInterrupt):
+        # The worker's SIGTERM/SIGINT handlers stay installed between bursts: a stop request
+        # arriving while the pump sleeps lands here, between tasks, so it is a clean exit.
+        return -1
+
+
+def _loop(pump: Pump, queues: list[Queue], redis: Any, settings: Settings, burst: bool, stop) -> int:
+    passes = 0
+    _stop_on_signals(stop)
+    while not stop.is_set():
+        result = pump.run_once()
+        passes += 1
+        if all(q.count == 0 for q in queues):
+            if result.idle and burst:
+                return passes
+            # Idle, or a task marker from a lost task still has to expire: wait a pass.
+            stop.wait(settings.pump_interval_ms / 1000)
+            continue
+        worker = SimpleWorker(queues, connection=redis)
+        worker.log.setLevel(logging.WARNING)
+        worker.work(burst=True, logging_level="WARNING")
+        if worker._stop_requested:  # SIGTERM/SIGINT during a task: rq finished it, now stop
+            stop.set()
+        _stop_on_signals(stop)  # the worker replaced our handlers with its own
+    return passes
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+

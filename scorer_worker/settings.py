@@ -1,0 +1,68 @@
+"""One settings object for every process, read from the environment only when asked."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+
+from .errors import ConfigError
+
+
+def _default_sink() -> str:
+    return "sqlite:///" + os.path.abspath("checkpoint-pipeline.db")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Configuration of the pump, the workers and the CLI.
+
+    Environment variables: ``REDIS_URL``, ``CKPT_SINK`` (``sqlite:///abs/path.db``,
+    ``supabase``, ``postgresql://...``), ``SUPABASE_URL``, ``SUPABASE_SERVICE_ROLE_KEY``,
+    ``CKPT_PROFILE``, and ``CKPT_<FIELD>`` for the numeric fields below.
+    """
+
+    # URLs may carry passwords and the key is a secret: none of them appear in repr().
+    redis_url: str = field(default="redis://localhost:6379/0", repr=False)
+    sink_url: str = field(default="", repr=False)
+    supabase_url: str = ""
+    supabase_key: str = field(default="", repr=False)
+    profile: str = "default"
+    drain_batch_events: int = 1000
+    drain_budget_s: float = 5.0
+    pump_interval_ms: int = 100
+    discover_interval_s: float = 5.0
+    queued_marker_ttl_s: int = 30
+    flush_lock_ttl_s: int = 30
+    task_timeout_s: int = 120
+    dead_payload_max_bytes: int = 4096
+    sink_retry_attempts: int = 5
+    sink_retry_max_s: float = 10.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``env`` (default ``os.environ``).
+
+        Raises:
+            ConfigError: when a numeric variable does not parse.
+        """
+        env = os.environ if env is None else env
+        values: dict[str, object] = {
+            "redis_url": env.get("REDIS_URL") or "redis://localhost:6379/0",
+            "sink_url": env.get("CKPT_SINK") or _default_sink(),
+            "supabase_url": env.get("SUPABASE_URL", ""),
+            "supabase_key": env.get("SUPABASE_SERVICE_ROLE_KEY", ""),
+            "profile": env.get("CKPT_PROFILE", cls.profile),
+        }
+        for spec in fields(cls):
+            name = f"CKPT_{spec.name.upper()}"
+            if spec.type in ("int", "float") and name in env:
+                values[spec.name] = _parse_number(name, env[name], int if spec.type == "int" else float)
+        return cls(**values)
+
+
+def _parse_number(name: str, text: str, kind: type) -> int | float:
+    try:
+        return kind(text)
+    except ValueError:
+        raise ConfigError(f"{name}={text!r} is not a valid {kind.__name__}") from None

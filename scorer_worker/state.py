@@ -1,0 +1,261 @@
+"""Per-job state: the set of facts the events established, folded order-independently.
+
+Every fact is keyed so that applying the same events in any order, any number of times,
+gives the same state (DESIGN section 4): per step, the record with the latest producer
+timestamp wins; a ``train_begin`` that resumes from step ``s`` at time ``T`` drops every record
+of an earlier attempt (timestamp before ``T``) past step ``s``, whether it arrived before or
+after the ``train_begin``. The state also carries the stream cursor and a version, committed
+together with it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .models import CheckpointInfo, TrainBeginInfo, TrainEndInfo, WireEvent
+
+STATE_FORMAT = 1
+INITIAL_CURSOR = "0-0"
+
+
+@dataclass
+class Begin:
+    """A ``train_begin``: one training attempt."""
+
+    ts: float
+    resumed_from_step: int | None
+    max_steps: int | None
+    num_train_epochs: float | None
+    save_total_limit: int | None
+    output_dir: str | None = None
+
+
+@dataclass
+class TrainRecord:
+    """The training log at one step."""
+
+    ts: float
+    epoch: float | None
+    loss: float | None
+    learning_rate: float | None
+    grad_norm: float | None
+    changed: int = 0  # state version that last changed this step (for incremental history)
+
+
+@dataclass
+class EvalRecord:
+    """The evaluation at one step."""
+
+    ts: float
+    epoch: float | None
+    eval_loss: float | None
+    changed: int = 0
+
+
+@dataclass
+class SaveRecord:
+    """A ``checkpoint_saved``: the folder saved and the folders present after rotation."""
+
+    ts: float
+    checkpoint: str
+    retained: list[str]
+
+
+@dataclass
+class End:
+    """The ``train_end`` of the latest attempt."""
+
+    ts: float
+    step: int
+    status: str
+    error: str | None
+    train_runtime: float | None
+    train_loss: float | None
+
+
+@dataclass
+class JobState:
+    """Everything the scorer knows about one job, plus its cursor and version."""
+
+    job_id: str
+    version: int = 0
+    cursor: str = INITIAL_CURSOR
+    profile: str = "default"
+    begins: list[Begin] = field(default_factory=list)
+    train: dict[int, TrainRecord] = field(default_factory=dict)
+    evals: dict[int, EvalRecord] = field(default_factory=dict)
+    saves: dict[int, SaveRecord] = field(default_factory=dict)
+    end: End | None = None
+    dead_letters: int = 0
+
+    def apply(self, event: WireEvent) -> bool:
+        """Fold one validated event into the state.
+
+        Returns:
+            True when the state changed (a duplicate or superseded event changes nothing).
+        """
+        if event.kind != "train_begin" and self._superseded(event.ts, event.step):
+            return False
+        return _APPLY[event.kind](self, event)
+
+    @property
+    def first_ts(self) -> float | None:
+        """Producer time of the earliest kept fact (the run's start)."""
+        return min(self._timestamps(), default=None)
+
+    @property
+    def last_ts(self) -> float | None:
+        """Producer time of the latest kept fact."""
+        return max(self._timestamps(), default=None)
+
+    def _timestamps(self) -> list[float]:
+        stamps = [b.ts for b in self.begins]
+        for records in (self.train, self.evals, self.saves):
+            stamps.extend(r.ts for r in records.values())
+        if self.end is not None:
+            stamps.append(self.end.ts)
+        return stamps
+
+    @property
+    def latest_begin(self) -> Begin | None:
+        """The begin of the latest attempt."""
+        return max(self.begins, key=lambda b: b.ts, default=None)
+
+    @property
+    def latest_save(self) -> SaveRecord | None:
+        """The most recent ``checkpoint_saved`` (its ``retained`` list is authoritative)."""
+        return max(self.saves.values(), key=lambda s: (s.ts, s.checkpoint), default=None)
+
+    @property
+    def max_step(self) -> int:
+        """The highest step any kept record reached."""
+        steps = [*self.train, *self.evals, *self.saves]
+        if self.end is not None:
+            steps.append(self.end.step)
+        return max(steps, default=0)
+
+    def _superseded(self, ts: float, step: int) -> bool:
+        return any(
+            b.resumed_from_step is not None and ts < b.ts and step > b.resumed_from_step
+            for b in self.begins
+        )
+
+    def _apply_begin(self, event: WireEvent) -> bool:
+        info: TrainBeginInfo = event.info
+        begin = Begin(
+            event.ts,
+            info.resumed_from_step,
+            info.max_steps,
+            info.num_train_epochs,
+            info.save_total_limit,
+            info.output_dir,
+        )
+        same_time = [b for b in self.begins if b.ts == begin.ts]
+        if same_time and _rank(same_time[0]) >= _rank(begin):
+            return False
+        self.begins = [b for b in self.begins if b.ts != begin.ts] + [begin]
+        self.begins.sort(key=lambda b: b.ts)
+        self._drop_superseded(begin)
+        return True
+
+    def _drop_superseded(self, begin: Begin) -> None:
+        if self.end is not None and self.end.ts < begin.ts:
+            self.end = None  # a new attempt started after that one ended
+        if begin.resumed_from_step is None:
+            return
+        for records in (self.train, self.evals, self.saves):
+            for step in [s for s, r in records.items() if r.ts < begin.ts]:
+                if step > begin.resumed_from_step:
+                    del records[step]
+
+    def _apply_train_log(self, event: WireEvent) -> bool:
+        metrics = event.metrics
+        record = TrainRecord(
+            event.ts,
+            event.epoch,
+            metrics.get("loss"),
+            metrics.get("learning_rate"),
+            metrics.get("grad_norm"),
+        )
+        return self._put(self.train, event.step, record)
+
+    def _apply_eval(self, event: WireEvent) -> bool:
+        record = EvalRecord(event.ts, event.epoch, event.metrics.get("eval_loss"))
+        return self._put(self.evals, event.step, record)
+
+    def _apply_checkpoint(self, event: WireEvent) -> bool:
+        info: CheckpointInfo = event.info
+        record = SaveRecord(event.ts, info.checkpoint, sorted(set(info.retained)))
+        return self._put(self.saves, event.step, record)
+
+    def _apply_end(self, event: WireEvent) -> bool:
+        info: TrainEndInfo = event.info
+        if any(b.ts > event.ts for b in self.begins):
+            return False  # this attempt was followed by another
+        end = End(
+            event.ts,
+            event.step,
+            info.status,
+            info.error,
+            event.metrics.get("train_runtime"),
+            event.metrics.get("train_loss"),
+        )
+        if self.end is not None and _rank(self.end) >= _rank(end):
+            return False
+        self.end = end
+        return True
+
+    def _put(self, records: dict[int, Any], step: int, record: Any) -> bool:
+        current = records.get(step)
+        if current is not None and _rank(current) >= _rank(record):
+            return False
+        if hasattr(record, "changed"):
+            record.changed = self.version + 1
+        records[step] = record
+        return True
+
+    def to_json(self) -> str:
+        """Encode the state (NaN and infinities are kept as JSON extensions)."""
+        data = asdict(self)
+        data["format"] = STATE_FORMAT
+        for name in ("train", "evals", "saves"):
+            data[name] = {str(step): list(rec.values()) for step, rec in data[name].items()}
+        return json.dumps(data, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> JobState:
+        """Decode a state written by :meth:`to_json`."""
+        data = json.loads(text)
+        data.pop("format", None)
+        data["begins"] = [Begin(**b) for b in data["begins"]]
+        data["end"] = End(**data["end"]) if data["end"] else None
+        for name, kind in (("train", TrainRecord), ("evals", EvalRecord), ("saves", SaveRecord)):
+            data[name] = {int(step): kind(*values) for step, values in data[name].items()}
+        return cls(**data)
+
+    def fingerprint(self) -> str:
+        """Encode the facts only (no cursor, version or change marks), to compare states."""
+        data = json.loads(self.to_json())
+        for name in ("version", "cursor", "dead_letters"):
+            data.pop(name)
+        for name in ("train", "evals"):
+            data[name] = {step: values[:-1] for step, values in data[name].items()}
+        return json.dumps(data, sort_keys=True)
+
+
+def _rank(record: Any) -> tuple[float, str]:
+    # Latest timestamp wins; equal timestamps are broken by content so the winner never
+    # depends on arrival order.
+    values = {k: v for k, v in asdict(record).items() if k != "changed"}
+    return (record.ts, json.dumps(values, sort_keys=True))
+
+
+_APPLY = {
+    "train_begin": JobState._apply_begin,
+    "train_log": JobState._apply_train_log,
+    "eval": JobState._apply_eval,
+    "checkpoint_saved": JobState._apply_checkpoint,
+    "train_end": JobState._apply_end,
+}

@@ -1,0 +1,54 @@
+"""What ``ckpt-pipeline status`` reports: the row and the pipeline state, never secrets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import keys
+from .deadletter import list_dead_letters
+from .settings import Settings
+from .store import load_state
+
+SECRET_FIELDS = ("token", "job_token", "pod_password")
+
+
+def pipeline_state(redis: Any, job_id: str) -> dict[str, Any]:
+    """Return the job's lag, versions, dead letters and sink errors."""
+    meta = {_text(k): _text(v) for k, v in redis.hgetall(keys.meta(job_id)).items()}
+    state = load_state(redis, job_id)
+    version = state.version
+    written = int(meta.get("written_version") or 0)
+    letters = list_dead_letters(redis, count=5, job_id=job_id)
+    return {
+        "registered": bool(meta.get("token")),
+        "active": bool(redis.sismember(keys.JOBS, job_id)),
+        "lag_events": int(redis.xlen(keys.events(job_id))),
+        "cursor": state.cursor,
+        "state_version": version,
+        "written_version": written,
+        "lag_versions": max(0, version - written),
+        "evals": len(state.evals),
+        "dead_letters": state.dead_letters,
+        "recent_dead_letters": [f"{entry_id}: {letter.reason}" for entry_id, letter in letters],
+        "sink_error": meta.get("sink_error"),
+        "sink_error_kind": meta.get("sink_error_kind"),
+    }
+
+
+def job_status(settings: Settings, redis: Any, job_id: str) -> dict[str, Any]:
+    """Return ``{"pipeline": ..., "row": ...}`` for ``job_id``; the row is None if absent."""
+    from sink.writers import writer_from_settings
+
+    report: dict[str, Any] = {"pipeline": pipeline_state(redis, job_id), "row": None}
+    writer = writer_from_settings(settings)
+    try:
+        row = writer.read_job(job_id)
+    finally:
+        writer.close()
+    if row is not None:
+        report["row"] = {k: v for k, v in row.items() if k not in SECRET_FIELDS}
+    return report
+
+
+def _text(value: Any) -> Any:
+    return value.decode() if isinstance(value, bytes) else value

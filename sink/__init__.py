@@ -1,0 +1,1 @@
+"""Sink: maps the scorer's per-job state to the ``local_training_jobs`` row and writes it."""

@@ -1,0 +1,131 @@
+"""Flushing a job's latest state to its row, one flush per job at a time."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import WatchError
+
+from scorer_worker import keys
+from scorer_worker.errors import PermanentSinkError, TransientSinkError
+from scorer_worker.settings import Settings
+from scorer_worker.state import JobState
+
+from .rows import job_row, metric_rows
+from .writers import retrying_write, writer_from_settings
+
+log = logging.getLogger(__name__)
+
+
+
+@dataclass
+class FlushResult:
+    """What one flush did: ``written``, ``stale``, ``up-to-date``, ``busy`` or ``error``."""
+
+    job_id: str
+    outcome: str
+    version: int = 0
+    metrics: int = 0
+
+
+def flush_job(redis: Any, job_id: str, settings: Settings, writer: Any = None) -> FlushResult:
+    """Write the job's latest state to its row if the sink is behind.
+
+    A transient failure after the retries are spent is recorded on the job and left for the
+    next pump pass; a permanent one (missing row, wrong token) is recorded and not retried
+    until the job is registered again or its state moves on.
+    """
+    lock_value = uuid.uuid4().hex
+    lock_key = keys.flush_lock(job_id)
+    if not redis.set(lock_key, lock_value, nx=True, ex=settings.flush_lock_ttl_s):
+        return FlushResult(job_id, "busy")
+    try:
+        return _flush_locked(redis, job_id, settings, writer)
+    finally:
+        _release(redis, lock_key, lock_value)
+
+
+def _flush_locked(redis: Any, job_id: str, settings: Settings, writer: Any) -> FlushResult:
+    meta = {_text(k): _text(v) for k, v in redis.hgetall(keys.meta(job_id)).items()}
+    written = int(meta.get("written_version") or 0)
+    raw = redis.get(keys.state(job_id))
+    if raw is None:
+        return FlushResult(job_id, "up-to-date")
+    state = JobState.from_json(raw)
+    if state.version <= written:
+        return FlushResult(job_id, "up-to-date", state.version)
+    token = meta.get("token")
+    if not token:
+        _record(redis, job_id, state.version, "permanent", "job is not registered (no token)")
+        return FlushResult(job_id, "error", state.version)
+    own_writer = writer is None
+    writer = writer or writer_from_settings(settings)
+    try:
+        return _write(redis, job_id, token, state, written, settings, writer)
+    finally:
+        if own_writer:
+            writer.close()
+
+
+def _write(redis, job_id, token, state, written, settings, writer) -> FlushResult:
+    row, metrics = job_row(state), metric_rows(state, since_version=written)
+    try:
+        outcome = retrying_write(
+            writer, job_id, token, row, metrics,
+            settings.sink_retry_attempts, settings.sink_retry_max_s,
+        )  # fmt: skip
+    except PermanentSinkError as exc:
+        _record(redis, job_id, state.version, "permanent", str(exc))
+        return FlushResult(job_id, "error", state.version)
+    except TransientSinkError as exc:
+        redis.hset(keys.meta(job_id), mapping={"sink_error": str(exc), "sink_error_kind": "transient"})
+        log.warning("flush of %s failed after retries: %s", job_id, exc)
+        return FlushResult(job_id, "error", state.version)
+    _raise_written(redis, job_id, state.version)
+    redis.hdel(keys.meta(job_id), "sink_error", "sink_error_kind")
+    redis.hset(keys.meta(job_id), "last_flush_at", repr(time.time()))
+    return FlushResult(job_id, str(outcome.value), state.version, len(metrics))
+
+
+def _record(redis: Any, job_id: str, version: int, kind: str, message: str) -> None:
+    log.error("row of job %s not written (%s): %s", job_id, kind, message)
+    redis.hset(keys.meta(job_id), mapping={"sink_error": message, "sink_error_kind": kind})
+    _raise_written(redis, job_id, version)
+
+
+def _release(redis: Any, lock_key: str, lock_value: str) -> None:
+    """Delete the lock only if it is still ours (it may have expired and been taken)."""
+    with redis.pipeline() as pipe:
+        try:
+            pipe.watch(lock_key)
+            if _text(pipe.get(lock_key)) == lock_value:
+                pipe.multi()
+                pipe.delete(lock_key)
+                pipe.execute()
+        except WatchError:
+            pass  # someone else took the lock meanwhile: not ours to delete
+
+
+def _raise_written(redis: Any, job_id: str, version: int) -> None:
+    """Move ``written_version`` up to ``version``, never down (racing flushes)."""
+    key = keys.meta(job_id)
+    with redis.pipeline() as pipe:
+        while True:
+            try:
+                pipe.watch(key)
+                if int(pipe.hget(key, "written_version") or 0) >= version:
+                    return
+                pipe.multi()
+                pipe.hset(key, "written_version", version)
+                pipe.execute()
+                return
+            except WatchError:
+                continue
+
+
+def _text(value: Any) -> Any:
+    return value.decode() if isinstance(value, bytes) else value

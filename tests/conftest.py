@@ -1,0 +1,47 @@
+"""Shared fixtures: a private redis-server per session, clean databases per test."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from scorer_worker.local_redis import LocalRedis
+from scorer_worker.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedis]:
+    """A private redis-server on a random port, for the whole session."""
+    server = LocalRedis(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_server: LocalRedis) -> Iterator[redis.Redis]:
+    """A client of the private server, emptied before each test."""
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A SQLite sink URL in the test's temporary folder."""
+    return f"sqlite:///{tmp_path / 'jobs.db'}"
+
+
+@pytest.fixture
+def pipeline_env(
+    monkeypatch: pytest.MonkeyPatch, redis_server: LocalRedis, sqlite_url: str
+) -> Settings:
+    """Point REDIS_URL and CKPT_SINK at the private servers; return the settings."""
+    monkeypatch.setenv("REDIS_URL", redis_server.url)
+    monkeypatch.setenv("CKPT_SINK", sqlite_url)
+    monkeypatch.setenv("CKPT_SPOOL_DIR", str(Path(sqlite_url.removeprefix("sqlite:///")).parent / "spool"))
+    return Settings.from_env(os.environ)
