@@ -14,8 +14,16 @@ from typing import Any
 from transformers import TrainerCallback
 
 from .publisher import EventPublisher
-from .wire import CHECKPOINT_PREFIX, TRAIN_BEGIN, TRAIN_END, TRAIN_LOG, EVAL, checkpoint_step
-from .wire import CHECKPOINT_SAVED, is_valid_job_id
+from .wire import (
+    CHECKPOINT_PREFIX,
+    CHECKPOINT_SAVED,
+    EVAL,
+    TRAIN_BEGIN,
+    TRAIN_END,
+    TRAIN_LOG,
+    checkpoint_step,
+    is_valid_job_id,
+)
 
 MAX_ERROR_CHARS = 2000
 

@@ -14,7 +14,7 @@ Event = dict[str, Any]
 
 
 def wire_number(value: Any) -> float | int | str | None:
-    """Return ``value`` as a wire number: NaN and infinities become ``"nan"``, ``"inf"``, ``"-inf"``.
+    """Return ``value`` as a wire number: NaN and infinities become the strings nan/inf/-inf.
 
     Values that are not numbers (tensors aside, which are converted with ``float``) become None.
     """

@@ -222,7 +222,9 @@ class EventPublisher:
             pipe.execute()
         except Exception as exc:  # any Redis failure means: spool and retry later
             self._next_attempt = time.monotonic() + self._backoff_s
-            log.warning("redis unavailable (%s); spooling for %.1fs", type(exc).__name__, self._backoff_s)
+            log.warning(
+                "redis unavailable (%s); spooling for %.1fs", type(exc).__name__, self._backoff_s
+            )
             self._backoff_s = min(self._backoff_s * 2, self.retry_max_s)
             return False
         self._backoff_s = 0.1

@@ -154,10 +154,10 @@ DEMO_TRAINING: dict[str, int | float | str] = {
     "logging_steps": 5,
     "seed": 42,
 }
-"""Spec fields of the overfitting demo: the whole corpus in 50 examples (40 train, 10 eval), 5 steps an epoch, 200
-steps, about 8 s on two CPU cores. Eval loss bottoms out near step 60 while the train loss
-keeps falling; the growing train/eval gap makes the multi-metric score prefer an earlier
-checkpoint than the lowest eval loss does."""
+"""Spec fields of the overfitting demo: the whole corpus in 50 examples (40 train, 10 eval),
+5 steps an epoch, 200 steps, about 8 s on two CPU cores. Eval loss bottoms out near step 60
+while the train loss keeps falling; the growing train/eval gap makes the multi-metric score
+prefer an earlier checkpoint than the lowest eval loss does."""
 
 DEMO_MODEL = {"n_layer": 2, "n_embd": 128, "n_head": 4}
 """Size of the demo model: large enough to memorise the demo text within 40 epochs."""

@@ -93,7 +93,9 @@ def _create_row(settings: Settings, job_id: str, job_token: str, model_name: str
     writer = writer_from_settings(settings)
     try:
         if not isinstance(writer, SqliteWriter):
-            raise click.UsageError("--create-row works with the SQLite sink only (CKPT_SINK=sqlite:///...)")
+            raise click.UsageError(
+                "--create-row works with the SQLite sink only (CKPT_SINK=sqlite:///...)"
+            )
         writer.create_job(job_id, job_token, model_name=model_name or "unknown")
     finally:
         writer.close()
@@ -130,7 +132,9 @@ def replay(job_id: str, output_dir: str) -> None:
 
 @main.command()
 @click.option("--burst", is_flag=True, help="One pass that enqueues whatever is behind, then exit.")
-@click.option("--shard", default="0/1", show_default=True, help="This pump's shard, as INDEX/COUNT.")
+@click.option(
+    "--shard", default="0/1", show_default=True, help="This pump's shard, as INDEX/COUNT."
+)
 def pump(burst: bool, shard: str) -> None:
     """Run the reconciler that enqueues drains and flushes for jobs that are behind."""
     from .pump import Pump
@@ -176,9 +180,13 @@ def checkpoints(directory: str, as_json: bool, profile: str) -> None:
     if not listing:
         click.echo(f"no checkpoint-* folders in {directory}")
         return
-    click.echo(f"{'checkpoint':<18}{'epoch':>7}{'eval_loss':>11}{'train_loss':>12}{'score':>10}  flags")
+    click.echo(
+        f"{'checkpoint':<18}{'epoch':>7}{'eval_loss':>11}{'train_loss':>12}{'score':>10}  flags"
+    )
     for item in listing:
-        flags = " ".join(f for f, on in (("best", item["is_best"]), ("latest", item["is_latest"])) if on)
+        flags = " ".join(
+            f for f, on in (("best", item["is_best"]), ("latest", item["is_latest"])) if on
+        )
         click.echo(
             f"{item['name']:<18}{_fmt(item['epoch'], 2):>7}{_fmt(item['eval_loss']):>11}"
             f"{_fmt(item['train_loss']):>12}{_fmt(item['score']):>10}  {flags}"

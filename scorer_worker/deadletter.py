@@ -48,13 +48,29 @@ class DeadLetter:
         )
 
 
+REDACTED = b"[REDACTED]"
+
+
 def make_dead_letter(
-    job_id: str, entry_id: str, reason: str, raw: Any, max_bytes: int
+    job_id: str,
+    entry_id: str,
+    reason: str,
+    raw: Any,
+    max_bytes: int,
+    secrets: tuple[str, ...] = (),
 ) -> DeadLetter:
-    """Build a dead letter, keeping at most ``max_bytes`` of the payload (made printable)."""
+    """Build a dead letter, keeping at most ``max_bytes`` of the payload (made printable).
+
+    Any of ``secrets`` (the job's token, the pod's password) found in the payload or the
+    reason is replaced by ``[REDACTED]``: a producer may echo them by mistake.
+    """
     data = raw if isinstance(raw, bytes) else str(raw if raw is not None else "").encode()
+    size = len(data)
+    for secret in filter(None, secrets):
+        data = data.replace(secret.encode(), REDACTED)
+        reason = reason.replace(secret, REDACTED.decode())
     payload = data[:max_bytes].decode("utf-8", errors="backslashreplace")
-    return DeadLetter(job_id, entry_id, reason[:1000], payload, len(data), time.time())
+    return DeadLetter(job_id, entry_id, reason[:1000], payload, size, time.time())
 
 
 def add_dead_letters(pipe: Any, letters: list[DeadLetter]) -> None:
@@ -63,7 +79,9 @@ def add_dead_letters(pipe: Any, letters: list[DeadLetter]) -> None:
         pipe.xadd(keys.DEAD, letter.fields(), maxlen=DEAD_MAXLEN, approximate=True)
 
 
-def list_dead_letters(redis: Any, count: int = 100, job_id: str | None = None) -> list[tuple[str, DeadLetter]]:
+def list_dead_letters(
+    redis: Any, count: int = 100, job_id: str | None = None
+) -> list[tuple[str, DeadLetter]]:
     """Return the newest dead letters (optionally of one job), newest first."""
     found = []
     for entry_id, fields in redis.xrevrange(keys.DEAD, count=count if job_id is None else 10_000):
@@ -76,7 +94,9 @@ def list_dead_letters(redis: Any, count: int = 100, job_id: str | None = None) -
 
 
 def _text(value: Any) -> str:
-    return value.decode("utf-8", errors="backslashreplace") if isinstance(value, bytes) else str(value)
+    return (
+        value.decode("utf-8", errors="backslashreplace") if isinstance(value, bytes) else str(value)
+    )
 
 
 def as_json(letter: DeadLetter) -> str:

@@ -39,10 +39,16 @@ def run_demo(workdir: Path) -> dict[str, Any]:
     workdir = workdir.resolve()
     for stale in ("output", "model", "demo.db", "demo.db-wal", "demo.db-shm", "redis"):
         target = workdir / stale
-        shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+        shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(
+            missing_ok=True
+        )
     workdir.mkdir(parents=True, exist_ok=True)
     with _redis_backend(workdir) as (redis_url, client):
-        env = {**os.environ, "REDIS_URL": redis_url or "", "CKPT_SINK": f"sqlite:///{workdir / 'demo.db'}"}
+        env = {
+            **os.environ,
+            "REDIS_URL": redis_url or "",
+            "CKPT_SINK": f"sqlite:///{workdir / 'demo.db'}",
+        }
         os.environ.update({k: env[k] for k in ("REDIS_URL", "CKPT_SINK")})
         settings = Settings.from_env()
         job_id, token = f"demo-{int(time.time())}", secrets.token_hex(16)
@@ -104,7 +110,9 @@ def _workers(env: dict[str, str], separate_process: bool) -> Iterator[None]:
         process.wait(timeout=30)
 
 
-def _train(workdir: Path, job_id: str, redis_url: str | None, client: Any, settings: Settings) -> None:
+def _train(
+    workdir: Path, job_id: str, redis_url: str | None, client: Any, settings: Settings
+) -> None:
     from transformers import PrinterCallback, set_seed
     from transformers.utils import logging as hf_logging
 
@@ -144,7 +152,9 @@ def _wait_for_row(settings: Settings, client: Any, job_id: str) -> dict[str, Any
         if done and row.get("status") in ("completed", "failed"):
             return row
         if time.monotonic() > deadline:
-            raise TimeoutError(f"the pipeline did not converge in {CONVERGE_TIMEOUT_S}s: {pipeline}")
+            raise TimeoutError(
+                f"the pipeline did not converge in {CONVERGE_TIMEOUT_S}s: {pipeline}"
+            )
         time.sleep(0.2)
 
 
@@ -161,8 +171,12 @@ def _report(workdir: Path, state: JobState, decision: Decision, row: dict[str, A
     click.echo(format_row(row))
     listing = list_checkpoints(workdir / "output")
     offline_best = next((c["name"] for c in listing if c["is_best"]), None)
-    agrees = offline_best is not None and str(row.get("best_checkpoint_path", "")).endswith(offline_best)
-    click.echo(f"\n`ckpt-pipeline checkpoints {workdir / 'output'}` picks {offline_best}: "
-               f"{'agrees with the row' if agrees else 'DISAGREES with the row'}")
+    agrees = offline_best is not None and str(row.get("best_checkpoint_path", "")).endswith(
+        offline_best
+    )
+    click.echo(
+        f"\n`ckpt-pipeline checkpoints {workdir / 'output'}` picks {offline_best}: "
+        f"{'agrees with the row' if agrees else 'DISAGREES with the row'}"
+    )
     plot = plot_run(state, decision, workdir / "demo.png")
     click.echo(f"plot written to {plot}")

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from . import keys
 from .deadletter import DeadLetter, make_dead_letter
 from .errors import InvalidEvent, StateConflict
 from .models import decode_entry
@@ -36,11 +37,12 @@ def drain_job(redis: Any, job_id: str, settings: Settings) -> DrainResult:
     enqueues another drain), so one busy job cannot hold a worker forever.
     """
     result = DrainResult(job_id)
+    secrets = _secrets(redis, job_id)
     deadline = time.monotonic() + settings.drain_budget_s
     conflicts = 0
     while time.monotonic() < deadline:
         try:
-            batch_size = _drain_batch(redis, job_id, settings, result)
+            batch_size = _drain_batch(redis, job_id, settings, result, secrets)
         except StateConflict:
             conflicts += 1  # a concurrent drain of the same job committed first: re-read
             if conflicts > MAX_CONFLICT_RETRIES:
@@ -52,7 +54,9 @@ def drain_job(redis: Any, job_id: str, settings: Settings) -> DrainResult:
     return result
 
 
-def _drain_batch(redis: Any, job_id: str, settings: Settings, result: DrainResult) -> int:
+def _drain_batch(
+    redis: Any, job_id: str, settings: Settings, result: DrainResult, secrets: tuple[str, ...]
+) -> int:
     with StateTransaction(redis, job_id, settings.profile) as txn:
         entries = txn.read_events(settings.drain_batch_events)
         if not entries:
@@ -65,7 +69,8 @@ def _drain_batch(redis: Any, job_id: str, settings: Settings, result: DrainResul
             if reason is None:
                 changed = True if raw else changed
             else:
-                dead.append(make_dead_letter(job_id, entry_id, reason, raw, settings.dead_payload_max_bytes))
+                cap = settings.dead_payload_max_bytes
+                dead.append(make_dead_letter(job_id, entry_id, reason, raw, cap, secrets))
         state = txn.state
         state.cursor = entries[-1][0]
         state.dead_letters += len(dead)
@@ -77,6 +82,11 @@ def _drain_batch(redis: Any, job_id: str, settings: Settings, result: DrainResul
     result.commits += 1
     result.version = state.version
     return len(entries)
+
+
+def _secrets(redis: Any, job_id: str) -> tuple[str, ...]:
+    values = redis.hmget(keys.meta(job_id), "token", "pod_password")
+    return tuple(v.decode() if isinstance(v, bytes) else v for v in values if v)
 
 
 def _fold(state: Any, job_id: str, fields: dict) -> tuple[str | None, Any]:

@@ -63,7 +63,9 @@ def run_events(job_id: str, output_dir: str | os.PathLike[str], ts: float) -> li
         metrics = {k: v for k, v in summary.items() if k in ("train_runtime", "train_loss")}
         step = state.get("global_step", 0)
         end_info = {"status": "completed"}
-        events.append(build_event(TRAIN_END, job_id, step, state.get("epoch"), metrics, end_info, ts))
+        events.append(
+            build_event(TRAIN_END, job_id, step, state.get("epoch"), metrics, end_info, ts)
+        )
     return events
 
 

@@ -16,7 +16,9 @@ from .state import JobState
 LISTING_JOB_ID = "offline-listing"
 
 
-def fold_run(output_dir: str | os.PathLike[str], profile: Profile | None = None) -> tuple[JobState, Decision]:
+def fold_run(
+    output_dir: str | os.PathLike[str], profile: Profile | None = None
+) -> tuple[JobState, Decision]:
     """Fold a run folder's history into a state and decide on it, as the scorer would."""
     profile = profile or get_profile("default")
     state = JobState(LISTING_JOB_ID, profile=profile.name)
@@ -25,7 +27,9 @@ def fold_run(output_dir: str | os.PathLike[str], profile: Profile | None = None)
     return state, decide(state, profile)
 
 
-def list_checkpoints(output_dir: str | os.PathLike[str], profile: Profile | None = None) -> list[dict[str, Any]]:
+def list_checkpoints(
+    output_dir: str | os.PathLike[str], profile: Profile | None = None
+) -> list[dict[str, Any]]:
     """Return one entry per ``checkpoint-*`` folder, with its eval, score and flags.
 
     Keys: ``name``, ``step``, ``epoch``, ``eval_loss``, ``train_loss``, ``score``,

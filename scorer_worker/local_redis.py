@@ -11,7 +11,9 @@ from pathlib import Path
 
 import redis
 
-INSTALL_HINT = "install it with `apt-get install redis-server` (Debian/Ubuntu) or `brew install redis`"
+INSTALL_HINT = (
+    "install it with `apt-get install redis-server` (Debian/Ubuntu) or `brew install redis`"
+)
 
 
 def free_port() -> int:
@@ -60,7 +62,8 @@ class LocalRedis:
         """Start the server and wait until it answers PING."""
         self.directory.mkdir(parents=True, exist_ok=True)
         args = [
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
+            self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+            "--dir", str(self.directory),
             "--save", "", "--appendonly", "yes" if self.appendonly else "no",
             "--logfile", str(self.directory / "redis.log"), *self.extra_args,
         ]  # fmt: skip
@@ -73,7 +76,8 @@ class LocalRedis:
                 return self
             except redis.ConnectionError:
                 if self.process.poll() is not None:
-                    raise RuntimeError(f"redis-server exited; see {self.directory / 'redis.log'}")
+                    log_file = self.directory / "redis.log"
+                    raise RuntimeError(f"redis-server exited; see {log_file}") from None
                 time.sleep(0.05)
         raise TimeoutError(f"redis-server did not answer on port {self.port}")
 

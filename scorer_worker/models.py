@@ -6,11 +6,23 @@ import json
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
-from pydantic import ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
-from producer.wire import CHECKPOINT_PREFIX, EVENT_FIELD, JOB_ID_PATTERN, MAX_EVENT_BYTES
-from producer.wire import WIRE_VERSION
+from producer.wire import (
+    CHECKPOINT_PREFIX,
+    EVENT_FIELD,
+    JOB_ID_PATTERN,
+    MAX_EVENT_BYTES,
+    WIRE_VERSION,
+)
 
 from .errors import InvalidEvent
 
@@ -55,7 +67,7 @@ class TrainBeginInfo(_Info):
 
 
 class CheckpointInfo(_Info):
-    """``info`` of ``checkpoint_saved``: the folder saved and the folders retained after rotation."""
+    """``info`` of ``checkpoint_saved``: the folder saved, the folders left after rotation."""
 
     checkpoint: Annotated[str, Field(pattern=CHECKPOINT_PATTERN)]
     retained: list[Annotated[str, Field(pattern=CHECKPOINT_PATTERN)]] = []
@@ -126,7 +138,9 @@ def decode_event(raw: bytes | str, stream_job_id: str) -> WireEvent:
     except ValidationError as exc:
         raise InvalidEvent(_summarize(exc), raw) from None
     if event.job_id != stream_job_id:
-        raise InvalidEvent(f"job_id {event.job_id!r} does not match stream job {stream_job_id!r}", raw)
+        raise InvalidEvent(
+            f"job_id {event.job_id!r} does not match stream job {stream_job_id!r}", raw
+        )
     return event
 
 

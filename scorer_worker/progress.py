@@ -21,9 +21,13 @@ class DemoProgress(TrainerCallback):
         """Print the training loss of each log step."""
         logs = logs or {}
         if "loss" in logs:
-            click.echo(f"  step {state.global_step:>4}/{state.max_steps}  train loss {logs['loss']:.4f}")
+            click.echo(
+                f"  step {state.global_step:>4}/{state.max_steps}  train loss {logs['loss']:.4f}"
+            )
 
-    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict | None = None, **kwargs):
+    def on_evaluate(
+        self, args: Any, state: Any, control: Any, metrics: dict | None = None, **kwargs
+    ):
         """Print the eval loss and the best checkpoint the row names so far."""
         eval_loss = (metrics or {}).get("eval_loss", float("nan"))
         click.echo(f"  step {state.global_step:>4}  eval loss {eval_loss:.4f}   {self._live_row()}")
@@ -39,4 +43,5 @@ class DemoProgress(TrainerCallback):
         best = row.get("best_checkpoint_path")
         if not best:
             return f"row: {row.get('status', '?')}"
-        return f"row: {row['status']}, best so far {best.rsplit('/', 1)[-1]} (score {row['best_checkpoint_score']:.4f})"
+        name, score = best.rsplit("/", 1)[-1], row["best_checkpoint_score"]
+        return f"row: {row['status']}, best so far {name} (score {score:.4f})"

@@ -71,12 +71,14 @@ class Pump:
             self.discover()
         jobs = sorted(j for j in (_text(m) for m in self.redis.smembers(keys.JOBS)) if self.owns(j))
         result = PassResult(jobs=len(jobs))
-        for job_id, (length, version, written, status) in zip(jobs, self._levels(jobs)):
+        for job_id, (length, version, written, status) in zip(
+            jobs, self._levels(jobs), strict=True
+        ):
             self._reconcile(job_id, length, version, written, status, result)
         return result
 
     def run(self, stop: threading.Event | None = None) -> None:
-        """Pass forever (until ``stop`` is set), sleeping ``pump_interval_ms`` between idle passes."""
+        """Pass until ``stop`` is set, sleeping ``pump_interval_ms`` between passes."""
         stop = stop or threading.Event()
         while not stop.is_set():
             try:
@@ -113,7 +115,7 @@ class Pump:
             pipe.hmget(keys.meta(job_id), "version", "written_version", "status")
         replies = pipe.execute()
         levels = []
-        for length, (version, written, status) in zip(replies[::2], replies[1::2]):
+        for length, (version, written, status) in zip(replies[::2], replies[1::2], strict=True):
             levels.append((int(length), int(version or 0), int(written or 0), _text(status)))
         return levels
 

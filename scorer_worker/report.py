@@ -26,7 +26,9 @@ def format_evals(decision: Decision) -> str:
     ]
     for e in decision.evals:
         b = e.breakdown
-        marks = ("<- best by score " if e.step == best else "") + ("<- lowest eval_loss" if e.step == lowest else "")
+        marks = ("<- best by score " if e.step == best else "") + (
+            "<- lowest eval_loss" if e.step == lowest else ""
+        )
         lines.append(
             f"{e.step:>5} {_num(e.epoch, 2):>6} {_num(e.eval_loss):>9} {_num(e.train_loss):>10} "
             f"{_num(b.get('eval_loss_term')):>7} {_num(b.get('gap_term')):>7} "
@@ -39,15 +41,23 @@ def format_evals(decision: Decision) -> str:
 def format_picks(decision: Decision) -> str:
     """Return the eval_loss-only pick beside the multi-metric pick."""
     lines = ["Picks"]
-    for label, pick in (("eval_loss only", decision.best_by_eval_loss), ("multi-metric", decision.best)):
+    for label, pick in (
+        ("eval_loss only", decision.best_by_eval_loss),
+        ("multi-metric", decision.best),
+    ):
         if pick is None:
             lines.append(f"  {label:<15} none")
             continue
         lines.append(
-            f"  {label:<15} checkpoint-{pick.step} (step {pick.step}, eval_loss {pick.eval_loss:.4f}, "
+            f"  {label:<15} checkpoint-{pick.step} (step {pick.step}, "
+            f"eval_loss {pick.eval_loss:.4f}, "
             f"train_loss {_num(pick.train_loss)}, score {pick.score:.4f})"
         )
-    same = decision.best and decision.best_by_eval_loss and decision.best.step == decision.best_by_eval_loss.step
+    same = (
+        decision.best
+        and decision.best_by_eval_loss
+        and decision.best.step == decision.best_by_eval_loss.step
+    )
     if not same:
         lines.append("  The lowest-eval-loss checkpoint is penalised for its train/eval gap.")
     return "\n".join(lines)

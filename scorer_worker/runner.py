@@ -1,4 +1,7 @@
-"""All in one process: the pump plus a ``scoring`` and a ``sink`` worker (demo, tests, small sites)."""
+"""All in one process: the pump plus a ``scoring`` and a ``sink`` worker.
+
+For the demo, the tests and small deployments.
+"""
 
 from __future__ import annotations
 
@@ -40,7 +43,9 @@ def run_all_in_one(
         return -1
 
 
-def _loop(pump: Pump, queues: list[Queue], redis: Any, settings: Settings, burst: bool, stop) -> int:
+def _loop(
+    pump: Pump, queues: list[Queue], redis: Any, settings: Settings, burst: bool, stop
+) -> int:
     passes = 0
     _stop_on_signals(stop)
     while not stop.is_set():
@@ -65,4 +70,3 @@ def _stop_on_signals(stop: threading.Event) -> None:
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
-

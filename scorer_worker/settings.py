@@ -57,7 +57,9 @@ class Settings:
         for spec in fields(cls):
             name = f"CKPT_{spec.name.upper()}"
             if spec.type in ("int", "float") and name in env:
-                values[spec.name] = _parse_number(name, env[name], int if spec.type == "int" else float)
+                values[spec.name] = _parse_number(
+                    name, env[name], int if spec.type == "int" else float
+                )
         return cls(**values)
 
 

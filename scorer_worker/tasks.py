@@ -29,5 +29,11 @@ def drain(job_id: str) -> dict:
         enqueue_once(redis, keys.SINK_QUEUE, keys.FLUSH_TASK, job_id, settings)
     if not result.caught_up:
         enqueue_once(redis, keys.SCORING_QUEUE, keys.DRAIN_TASK, job_id, settings)
-    log.info("drained %s: %d events, %d dead, version %d", job_id, result.events, result.dead, result.version)
+    log.info(
+        "drained %s: %d events, %d dead, version %d",
+        job_id,
+        result.events,
+        result.dead,
+        result.version,
+    )
     return result.__dict__

@@ -21,7 +21,6 @@ from .writers import retrying_write, writer_from_settings
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class FlushResult:
     """What one flush did: ``written``, ``stale``, ``up-to-date``, ``busy`` or ``error``."""
@@ -63,7 +62,11 @@ def _flush_locked(redis: Any, job_id: str, settings: Settings, writer: Any) -> F
         _record(redis, job_id, state.version, "permanent", "job is not registered (no token)")
         return FlushResult(job_id, "error", state.version)
     own_writer = writer is None
-    writer = writer or writer_from_settings(settings)
+    try:
+        writer = writer or writer_from_settings(settings)
+    except TransientSinkError as exc:  # e.g. a locked SQLite file: like any transient failure
+        _record_transient(redis, job_id, exc)
+        return FlushResult(job_id, "error", state.version)
     try:
         return _write(redis, job_id, token, state, written, settings, writer)
     finally:
@@ -82,13 +85,19 @@ def _write(redis, job_id, token, state, written, settings, writer) -> FlushResul
         _record(redis, job_id, state.version, "permanent", str(exc))
         return FlushResult(job_id, "error", state.version)
     except TransientSinkError as exc:
-        redis.hset(keys.meta(job_id), mapping={"sink_error": str(exc), "sink_error_kind": "transient"})
-        log.warning("flush of %s failed after retries: %s", job_id, exc)
+        _record_transient(redis, job_id, exc)
         return FlushResult(job_id, "error", state.version)
     _raise_written(redis, job_id, state.version)
     redis.hdel(keys.meta(job_id), "sink_error", "sink_error_kind")
     redis.hset(keys.meta(job_id), "last_flush_at", repr(time.time()))
     return FlushResult(job_id, str(outcome.value), state.version, len(metrics))
+
+
+def _record_transient(redis: Any, job_id: str, exc: Exception) -> None:
+    # Left for the next pump pass: written_version stays behind, so the flush is enqueued again.
+    log.warning("flush of %s failed after retries: %s", job_id, exc)
+    mapping = {"sink_error": str(exc), "sink_error_kind": "transient"}
+    redis.hset(keys.meta(job_id), mapping=mapping)
 
 
 def _record(redis: Any, job_id: str, version: int, kind: str, message: str) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from scorer_worker.ranking import Decision, decide
@@ -172,7 +172,7 @@ def iso_time(ts: float | None) -> str | None:
     """Return unix seconds as an ISO 8601 UTC timestamp."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat()
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat()
 
 
 def finite_or_none(value: Any) -> Any:
@@ -194,7 +194,8 @@ def json_safe(value: Any) -> Any:
 def _status(state: JobState) -> str | None:
     if state.end is not None:
         return state.end.status
-    return "running" if state.last_ts is not None else None
+    # "pending" for a state with no facts keeps the platform's NOT NULL status satisfied.
+    return "running" if state.last_ts is not None else "pending"
 
 
 def _progress(state: JobState) -> float | None:

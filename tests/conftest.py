@@ -43,5 +43,7 @@ def pipeline_env(
     """Point REDIS_URL and CKPT_SINK at the private servers; return the settings."""
     monkeypatch.setenv("REDIS_URL", redis_server.url)
     monkeypatch.setenv("CKPT_SINK", sqlite_url)
-    monkeypatch.setenv("CKPT_SPOOL_DIR", str(Path(sqlite_url.removeprefix("sqlite:///")).parent / "spool"))
+    monkeypatch.setenv(
+        "CKPT_SPOOL_DIR", str(Path(sqlite_url.removeprefix("sqlite:///")).parent / "spool")
+    )
     return Settings.from_env(os.environ)

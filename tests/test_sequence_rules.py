@@ -26,7 +26,13 @@ def reference_run() -> list:
 def test_reference_sequence_picks_the_third_eval():
     decision = decide(fold(reference_run()))
     assert [e.epochs_without_improvement for e in decision.evals] == [0, 0, 0, 0, 1]
-    assert [round(e.score, 6) for e in decision.evals] == [1.246912, 0.541601, 0.329878, 0.465585, 0.728965]
+    assert [round(e.score, 6) for e in decision.evals] == [
+        1.246912,
+        0.541601,
+        0.329878,
+        0.465585,
+        0.728965,
+    ]
     assert decision.best.step == 30
     assert decision.best_by_eval_loss.step == 40  # eval_loss alone picks the overfitted one
 
@@ -50,7 +56,9 @@ def test_zero_train_loss_is_paired():
 
 
 def test_epochs_without_improvement_counts_non_improving_evals():
-    state = fold([evaluation(10, 1.0), evaluation(20, 1.0), evaluation(30, 1.1), evaluation(40, 0.9)])
+    state = fold(
+        [evaluation(10, 1.0), evaluation(20, 1.0), evaluation(30, 1.1), evaluation(40, 0.9)]
+    )
     assert [e.epochs_without_improvement for e in decide(state).evals] == [0, 1, 2, 0]
 
 
@@ -82,7 +90,13 @@ def test_exact_score_tie_goes_to_lower_step():
 
 
 def test_only_retained_checkpoints_are_eligible():
-    events = [*reference_run(), saved(10, [10]), saved(20, [10, 20]), saved(30, [20, 30]), saved(40, [30, 40])]
+    events = [
+        *reference_run(),
+        saved(10, [10]),
+        saved(20, [10, 20]),
+        saved(30, [20, 30]),
+        saved(40, [30, 40]),
+    ]
     decision = decide(fold(events))
     assert decision.best.step == 30
     assert decision.best.checkpoint == "checkpoint-30"
@@ -100,8 +114,13 @@ def test_without_any_checkpoint_all_evals_are_eligible_and_path_is_null():
 
 def test_resume_drops_what_the_earlier_attempt_recorded_after_the_resume_step():
     first_attempt = [begin(ts=0), train(10, 1.0, ts=1), evaluation(10, 1.0, ts=1),
-                     train(20, 0.2, ts=2), evaluation(20, 0.1, ts=2), end(20, "failed", ts=3)]  # fmt: skip
-    second_attempt = [begin(ts=10, resumed_from_step=10), train(20, 0.8, ts=11), evaluation(20, 0.9, ts=11)]
+                     train(20, 0.2, ts=2), evaluation(20, 0.1, ts=2),
+                     end(20, "failed", ts=3)]  # fmt: skip
+    second_attempt = [
+        begin(ts=10, resumed_from_step=10),
+        train(20, 0.8, ts=11),
+        evaluation(20, 0.9, ts=11),
+    ]
     state = fold(first_attempt + second_attempt)
     assert state.evals[20].eval_loss == 0.9
     assert state.train[20].loss == 0.8

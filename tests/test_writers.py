@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+import httpx
 import pytest
-from supabase import create_client
+from supabase import ClientOptions, create_client
 
 from scorer_worker.errors import ConfigError, PermanentSinkError, TransientSinkError
 from scorer_worker.settings import Settings
@@ -317,11 +318,14 @@ class FakeHandler(BaseHTTPRequestHandler):
             time.sleep(self.server.delay_s)
             status, answer = self.server.failure or self._answer(request)
         payload = b"" if answer is None else json.dumps(answer).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up waiting (the timeout test)
 
     def _answer(self, request: dict[str, Any]) -> tuple[int, Any]:
         query = dict(request["query"])
@@ -356,7 +360,7 @@ def postgrest(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakePostgrest]:
         monkeypatch.delenv(name, raising=False)
     server = FakePostgrest()
     server.jobs[JOB] = {"job_token": TOKEN, "scoring_version": None, "status": "pending"}
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
     thread.start()
     yield server
     server.shutdown()
@@ -528,12 +532,18 @@ def test_supabase_given_client_errors_are_classified_by_code(
     postgrest: FakePostgrest, answer: tuple[int, Any], error: type[Exception]
 ) -> None:
     postgrest.failure = answer
-    client = create_client(postgrest.url, KEY)
-    writer = SupabaseWriter(postgrest.url, KEY, client=client)
+    # A plain client without our response hook (and with an httpx client of its own:
+    # supabase-py's default path passes postgrest-py a deprecated timeout argument).
+    http = httpx.Client()
+    writer = SupabaseWriter(
+        postgrest.url,
+        KEY,
+        client=create_client(postgrest.url, KEY, ClientOptions(httpx_client=http)),
+    )
 
     with pytest.raises(error):
         writer.write(JOB, TOKEN, make_row(1), [])
-    client.postgrest.aclose()
+    http.close()
 
 
 @pytest.mark.parametrize(

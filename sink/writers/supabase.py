@@ -59,6 +59,8 @@ class SupabaseWriter:
     ) -> None:
         self._secrets: tuple[str, ...] = (key,)
         self._http: httpx.Client | None = None
+        # Only a client of our own has the hook that raises on transient HTTP statuses.
+        self._sees_status = client is None
         if client is None:
             self._http = _http_client(timeout_s)
             client = _create_client(url, key, self._http)
@@ -127,10 +129,14 @@ class SupabaseWriter:
         rows = one_row_per_step(metrics)
         for start in range(0, len(rows), METRICS_CHUNK):
             chunk = rows[start : start + METRICS_CHUNK]
-            table = self._client.table(METRICS_TABLE)
             steps = [metric["step"] for metric in chunk]
-            delete = table.delete(returning=ReturnMethod.minimal).eq("job_id", job_id)
-            self._run("delete of metric rows", delete.in_("step", steps), secrets)
+            delete = (
+                self._client.table(METRICS_TABLE)
+                .delete(returning=ReturnMethod.minimal)
+                .eq("job_id", job_id)
+                .in_("step", steps)
+            )
+            self._run("delete of metric rows", delete, secrets)
             insert = self._client.table(METRICS_TABLE).insert(chunk, returning=ReturnMethod.minimal)
             self._run("insert of metric rows", insert, secrets)
 
@@ -163,7 +169,7 @@ class SupabaseWriter:
         message = redact(f"Supabase {what} failed ({code}): {exc.message}", secrets)
         # With our own HTTP client, transient statuses were already raised by the hook, so
         # whatever is left is a client error; otherwise only the error code tells.
-        if self._http is None and is_transient_code(exc.code):
+        if not self._sees_status and is_transient_code(exc.code):
             return TransientSinkError(message)
         return PermanentSinkError(message)
 

@@ -1,0 +1,177 @@
+"""Unit tests of drain, pump and flush on fakeredis (the real-server paths are end to end)."""
+
+from __future__ import annotations
+
+import random
+
+import fakeredis
+import pytest
+from rq import Queue
+
+from producer.events import build_event, encode_event
+from scorer_worker import keys
+from scorer_worker.drain import drain_job
+from scorer_worker.pump import Pump
+from scorer_worker.registry import register_job
+from scorer_worker.settings import Settings
+from scorer_worker.store import StateTransaction, load_state
+from sink.flush import flush_job
+from sink.writers.sqlite import SqliteWriter
+
+from .helpers import JOB, fold
+
+
+@pytest.fixture
+def fake():
+    return fakeredis.FakeRedis()
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return Settings(
+        redis_url="redis://unused",
+        sink_url=f"sqlite:///{tmp_path / 'jobs.db'}",
+        drain_batch_events=3,
+    )
+
+
+def publish(redis, events, job=JOB):
+    for event in events:
+        redis.xadd(keys.events(job), {"event": encode_event(event)})
+
+
+def raw_run(n_evals=6, job=JOB):
+    events = [
+        build_event(
+            "train_begin",
+            job,
+            0,
+            0.0,
+            info={"max_steps": n_evals * 10, "resumed_from_step": 0},
+            ts=0,
+        )
+    ]
+    for i in range(1, n_evals + 1):
+        events.append(build_event("train_log", job, i * 10, i, {"loss": 3.0 / i}, ts=i))
+        events.append(
+            build_event("eval", job, i * 10, i, {"eval_loss": 2.0 + abs(i - 3) * 0.2}, ts=i)
+        )
+    return events
+
+
+def test_drain_commits_state_cursor_and_trims(fake, settings):
+    publish(fake, raw_run())
+    result = drain_job(fake, JOB, settings)
+    assert result.events == 13 and result.caught_up and result.dead == 0
+    state = load_state(fake, JOB)
+    assert len(state.evals) == 6 and state.version == result.commits  # one version per batch
+    assert fake.xlen(keys.events(JOB)) == 0
+    meta = fake.hgetall(keys.meta(JOB))
+    assert meta[b"cursor"].decode() == state.cursor and int(meta[b"version"]) == state.version
+
+
+def test_drain_of_a_shuffled_duplicated_stream_equals_the_ordered_fold(fake, settings):
+    from scorer_worker.models import WireEvent
+
+    events = raw_run(8)
+    shuffled = events + random.Random(7).sample(events, 10)
+    random.Random(3).shuffle(shuffled)
+    publish(fake, shuffled)
+    drain_job(fake, JOB, settings)
+    expected = fold([WireEvent.model_validate(e) for e in events])
+    assert load_state(fake, JOB).fingerprint() == expected.fingerprint()
+
+
+def test_a_concurrent_commit_is_detected_and_nothing_is_written(fake, settings):
+    publish(fake, raw_run(1))
+    txn = StateTransaction(fake, JOB)
+    txn.read_events(10)
+    drain_job(fake, JOB, settings)  # another worker commits first
+    version_after_other = load_state(fake, JOB).version
+    from scorer_worker.errors import StateConflict
+
+    with pytest.raises(StateConflict):
+        txn.commit([])
+    assert load_state(fake, JOB).version == version_after_other
+
+
+def test_pump_enqueues_one_drain_per_job_until_the_task_starts(fake, settings):
+    register_job(fake, JOB, "tok")
+    publish(fake, raw_run(1))
+    pump = Pump(fake, settings)
+    first, second = pump.run_once(), pump.run_once()
+    assert (first.drains_enqueued, second.drains_enqueued) == (1, 0)
+    assert second.behind_scoring == 1
+    assert Queue("scoring", connection=fake).count == 1
+    fake.delete(keys.queued(JOB, "scoring"))  # the task started (or its marker expired)
+    assert pump.run_once().drains_enqueued == 1
+
+
+def test_pump_discovers_unregistered_streams_and_retires_finished_jobs(fake, settings, tmp_path):
+    publish(fake, raw_run(1))
+    pump = Pump(fake, settings)
+    assert pump.run_once().jobs == 1  # discovered though never registered
+    events = [
+        *raw_run(1)[:1],
+        build_event("train_end", JOB, 10, 1.0, info={"status": "completed"}, ts=5),
+    ]
+    publish(fake, events)
+    drain_job(fake, JOB, settings)
+    fake.hset(keys.meta(JOB), "written_version", load_state(fake, JOB).version)
+    result = pump.run_once()
+    assert result.retired == 1 and not fake.sismember(keys.JOBS, JOB)
+
+
+def test_pump_shards_partition_the_jobs(fake, settings):
+    for i in range(40):
+        register_job(fake, f"job-{i}", "tok")
+    owned = [sum(Pump(fake, settings, i, 3).owns(f"job-{j}") for j in range(40)) for i in range(3)]
+    assert sum(owned) == 40 and all(owned)
+
+
+def _sqlite(settings):
+    writer = SqliteWriter(settings.sink_url.removeprefix("sqlite:///"))
+    writer.ensure_schema()
+    return writer
+
+
+def test_flush_writes_once_then_is_up_to_date(fake, settings):
+    writer = _sqlite(settings)
+    writer.create_job(JOB, "tok")
+    register_job(fake, JOB, "tok")
+    publish(fake, raw_run())
+    drain_job(fake, JOB, settings)
+    first = flush_job(fake, JOB, settings)
+    assert first.outcome == "written" and first.metrics == 6
+    assert flush_job(fake, JOB, settings).outcome == "up-to-date"
+    row = writer.read_job(JOB)
+    assert (
+        row["best_checkpoint_step"] == 30
+        and row["scoring_version"] == load_state(fake, JOB).version
+    )
+
+
+def test_flush_records_a_permanent_error_and_does_not_retry(fake, settings):
+    _sqlite(settings)  # no row created for the job
+    register_job(fake, JOB, "tok")
+    publish(fake, raw_run(1))
+    drain_job(fake, JOB, settings)
+    result = flush_job(fake, JOB, settings)
+    assert result.outcome == "error"
+    meta = fake.hgetall(keys.meta(JOB))
+    assert meta[b"sink_error_kind"] == b"permanent" and b"no row" in meta[b"sink_error"]
+    assert flush_job(fake, JOB, settings).outcome == "up-to-date"  # not retried forever
+    assert Pump(fake, settings).run_once().flushes_enqueued == 0
+
+
+def test_flush_of_an_unregistered_job_says_so(fake, settings):
+    _sqlite(settings)
+    publish(fake, raw_run(1))
+    drain_job(fake, JOB, settings)
+    assert flush_job(fake, JOB, settings).outcome == "error"
+    assert b"not registered" in fake.hget(keys.meta(JOB), "sink_error")
+
+
+def test_only_one_flush_per_job_at_a_time(fake, settings):
+    fake.set(keys.flush_lock(JOB), "someone-else")
+    assert flush_job(fake, JOB, settings).outcome == "busy"
