@@ -95,7 +95,11 @@ def timed_publish(publisher: EventPublisher, ev: dict, durations: list[float]) -
 
 @pytest.mark.parametrize("batch_max_events", [7, 500])
 def test_events_arrive_in_publish_order_with_one_event_field(
-    redis_client: redis.Redis, redis_server: LocalRedis, tmp_path: Path, publishers, batch_max_events
+    redis_client: redis.Redis,
+    redis_server: LocalRedis,
+    tmp_path: Path,
+    publishers,
+    batch_max_events,
 ) -> None:
     publisher = publishers(
         JOB, redis_server.url, spool_dir=tmp_path / "spool", batch_max_events=batch_max_events
@@ -204,7 +208,9 @@ def test_close_hands_queued_events_to_redis(
 
 
 def test_close_spools_queued_events_when_redis_is_unreachable(tmp_path: Path, publishers) -> None:
-    publisher = publishers(JOB, closed_url(), spool_dir=tmp_path / "spool", flush_interval_ms=60_000)
+    publisher = publishers(
+        JOB, closed_url(), spool_dir=tmp_path / "spool", flush_interval_ms=60_000
+    )
     for step in range(100):
         publisher.publish(event(step))
     assert publisher.pending_events == 100
