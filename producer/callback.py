@@ -37,6 +37,17 @@ def retained_checkpoints(output_dir: str | os.PathLike[str]) -> list[str]:
     return sorted(names, key=lambda name: checkpoint_step(name) or 0)
 
 
+class _StateBeforeTraining:
+    """Stands in for ``TrainerState`` when a failure is reported before training started."""
+
+    global_step = 0
+    epoch = None
+
+    @property
+    def is_world_process_zero(self) -> bool:
+        return int(os.environ.get("RANK", "0") or 0) == 0
+
+
 class CheckpointEventsCallback(TrainerCallback):
     """Publishes train/eval log events of a Trainer run to the job's Redis stream.
 
@@ -129,10 +140,11 @@ class CheckpointEventsCallback(TrainerCallback):
         """Publish ``train_end`` with ``status`` (``failed`` or ``cancelled``) and the error.
 
         Call it from the code that runs ``trainer.train()`` when training raises; the Trainer
-        has no hook for exceptions.
+        has no hook for exceptions. It also works before training began (e.g. the model failed
+        to load): the event then carries step 0, and only rank 0 (``$RANK``) publishes.
         """
-        state = self._last_state
-        if state is None or not state.is_world_process_zero:
+        state = self._last_state or _StateBeforeTraining()
+        if not state.is_world_process_zero:
             return
         text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
         info = {"status": status, "error": text[:MAX_ERROR_CHARS]}

@@ -75,17 +75,43 @@ def build_event(
 def encode_event(event: Event) -> str:
     """Encode an event as compact JSON, at most ``MAX_EVENT_BYTES`` UTF-8 bytes.
 
-    An oversize event keeps its identity and numbers; its ``info`` is replaced by a note so
-    the event still counts (an oversize ``retained`` list is the only realistic cause).
+    An oversize event keeps its identity, its numbers and its small ``info`` fields; large
+    ``info`` values are cut (a list keeps its newest items, e.g. the latest ``retained``
+    checkpoints) and ``info.truncated`` is set, so the event still counts.
 
     Raises:
-        ValueError: if the event is oversize even without ``info``.
+        ValueError: if the event is oversize even with its ``info`` cut.
     """
-    text = json.dumps(event, separators=(",", ":"), allow_nan=False)
+    text = _dumps(event)
     if len(text.encode("utf-8")) <= MAX_EVENT_BYTES:
         return text
-    slim = {**event, "info": {"truncated": True}}
-    text = json.dumps(slim, separators=(",", ":"), allow_nan=False)
+    info = {key: _shrink(value) for key, value in event["info"].items()}
+    info = {key: value for key, value in info.items() if value is not _DROP}
+    text = _dumps({**event, "info": {**info, "truncated": True}})
     if len(text.encode("utf-8")) > MAX_EVENT_BYTES:
-        raise ValueError("event exceeds 64 KiB even without info")
+        raise ValueError("event exceeds 64 KiB even with its info cut")
     return text
+
+
+_DROP = object()
+_INFO_VALUE_BYTES = 1024
+_INFO_LIST_BYTES = 32 * 1024
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+def _shrink(value: Any) -> Any:
+    if len(_dumps(value)) <= _INFO_VALUE_BYTES:
+        return value
+    if isinstance(value, list):
+        kept: list[Any] = []
+        for item in reversed(value):
+            if len(_dumps([item, *kept])) > _INFO_LIST_BYTES:
+                break
+            kept.insert(0, item)
+        return kept
+    if isinstance(value, str):
+        return value[:_INFO_VALUE_BYTES]
+    return _DROP

@@ -80,7 +80,12 @@ class EventPublisher:
         self._client = redis_client
         self._queue: deque[Event] = deque()
         self._wake = threading.Event()
-        self._idle = threading.Event()
+        # The batch being sent, so that close() can spool it if the thread hangs in a send.
+        self._lock = threading.Lock()
+        self._inflight: list[str] = []
+        self._abandoned = False
+        self._published = 0  # written by the caller's thread only
+        self._handled = 0  # written by the background thread only
         self._stopping = False
         self._next_attempt = 0.0
         self._backoff_s = 0.1
@@ -99,8 +104,8 @@ class EventPublisher:
             if self.dropped == 1:
                 log.warning("checkpoint events dropped: publisher closed or queue full")
             return False
-        self._idle.clear()
         self._queue.append(event)
+        self._published += 1
         if len(self._queue) >= self.batch_max_events:
             self._wake.set()
         return True
@@ -126,18 +131,19 @@ class EventPublisher:
         return self.publish(event)
 
     def flush(self, timeout_s: float = 10.0) -> bool:
-        """Wait until every queued event reached Redis or the spool.
+        """Wait until every event published before this call reached Redis or the spool.
 
         Returns:
-            True when nothing is left in memory before the timeout.
+            True when they all did before the timeout.
         """
-        self._wake.set()
+        target = self._published
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._idle.wait(timeout=0.01) and not self._queue:
-                return True
+        while self._handled < target:
+            if time.monotonic() >= deadline or not self._thread.is_alive():
+                return False
             self._wake.set()
-        return not self._queue
+            time.sleep(0.002)
+        return True
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Stop accepting events, deliver or spool what is queued, and stop the thread.
@@ -148,11 +154,14 @@ class EventPublisher:
         self._stopping = True
         self._wake.set()
         self._thread.join(timeout_s)
-        leftover = []
-        while self._queue:
-            leftover.append(self._queue.popleft())
+        with self._lock:
+            # If the thread hangs in a send, take over its batch and the queue, in order.
+            self._abandoned = True
+            leftover = [*self._inflight, *self._encode(list(self._queue))]
+            self._queue.clear()
+            self._inflight = []
         if leftover:
-            self._spool_events(self._encode(leftover))
+            self._spool_events(leftover)
 
     @property
     def pending_events(self) -> int:
@@ -167,26 +176,32 @@ class EventPublisher:
                 self._send_round()
             except Exception:  # the thread must survive anything; events stay queued or spooled
                 log.exception("checkpoint publisher round failed")
-            if not self._queue:
-                self._idle.set()
-                if self._stopping:
-                    return
+            if self._stopping and not self._queue:
+                return
 
     def _send_round(self) -> None:
         if self.spool.pending() and self._redis_ready():
             self._deliver_spool()
         while self._queue:
-            batch = self._take_batch()
-            if self.spool.pending() or not self._redis_ready() or not self._xadd(batch):
-                self._spool_events(batch)
+            with self._lock:
+                if self._abandoned:
+                    return
+                count, batch = self._take_batch()
+                self._inflight = batch
+            sent = not self.spool.pending() and self._redis_ready() and self._xadd(batch)
+            with self._lock:
+                self._inflight = []
+                if not sent and not self._abandoned:
+                    self._spool_events(batch)
+            self._handled += count
         if self._stopping and self.spool.pending() and self._redis_ready():
             self._deliver_spool()
 
-    def _take_batch(self) -> list[str]:
+    def _take_batch(self) -> tuple[int, list[str]]:
         batch = []
         while self._queue and len(batch) < self.batch_max_events:
             batch.append(self._queue.popleft())
-        return self._encode(batch)
+        return len(batch), self._encode(batch)
 
     def _encode(self, events: list[Event]) -> list[str]:
         encoded = []

@@ -33,6 +33,12 @@ class Spool:
             return
         with self._lock:
             self.directory.mkdir(parents=True, exist_ok=True)
+            if not self.path.exists():
+                # An offset left by a crash between the two unlinks below belongs to the old
+                # file, not this one.
+                self._offset_path.unlink(missing_ok=True)
+            else:
+                self._cut_torn_line()
             with open(self.path, "a", encoding="utf-8") as handle:
                 handle.write("".join(text + "\n" for text in encoded_events))
                 handle.flush()
@@ -65,12 +71,34 @@ class Spool:
         """Record that everything before ``offset`` reached Redis; remove the spool when empty."""
         with self._lock:
             if self.path.exists() and offset >= self.path.stat().st_size:
-                self.path.unlink()
                 self._offset_path.unlink(missing_ok=True)
+                self.path.unlink()
                 return
             tmp = self._offset_path.with_suffix(".tmp")
             tmp.write_text(str(offset), encoding="ascii")
             os.replace(tmp, self._offset_path)
+
+    def _cut_torn_line(self) -> None:
+        # A crash mid-append leaves a partial last line; appending after it would glue the
+        # next event to the fragment, so cut the file back to its last complete line.
+        with open(self.path, "rb+") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            handle.seek(size - 1)
+            if handle.read(1) == b"\n":
+                return
+            keep = size
+            while keep > 0:
+                step = min(4096, keep)
+                handle.seek(keep - step)
+                chunk = handle.read(step)
+                newline = chunk.rfind(b"\n")
+                if newline >= 0:
+                    keep = keep - step + newline + 1
+                    break
+                keep -= step
+            handle.truncate(keep)
 
     def _read_offset(self) -> int:
         try:

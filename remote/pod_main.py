@@ -22,9 +22,11 @@ def main(spec: dict, env: Mapping[str, str] = os.environ) -> int:
     Returns:
         The process exit status: 0 when training completed, 1 when it failed.
     """
+    import producer
     from producer import CheckpointEventsCallback
     from remote.training import run_training
 
+    print(f"ckpt-pod: publishing with producer from {Path(producer.__file__).parent}", flush=True)
     job_id = env.get("JOB_ID") or spec.get("job_id")
     if spec.get("job_id") and job_id != spec["job_id"]:
         print(f"JOB_ID {job_id!r} does not match the spec's job_id", file=sys.stderr)

@@ -16,7 +16,14 @@ import producer
 
 REMOTE_DIR = Path(__file__).parent
 PRODUCER_DIR = Path(producer.__file__).parent
-PRODUCER_MODULES = ("__init__.py", "wire.py", "events.py", "spool.py", "publisher.py", "callback.py")
+PRODUCER_MODULES = (
+    "__init__.py",
+    "wire.py",
+    "events.py",
+    "spool.py",
+    "publisher.py",
+    "callback.py",
+)
 REMOTE_MODULES = ("__init__.py", "training.py", "pod_main.py")
 
 _BOOTSTRAP = '''

@@ -55,7 +55,7 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (PipelineError, ValueError, FileNotFoundError) as exc:
+        except (PipelineError, ValueError, FileNotFoundError, RuntimeError) as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
 
@@ -75,15 +75,37 @@ def main(verbose: bool) -> None:
 @click.argument("job_token")
 @click.option("--create-row", is_flag=True, help="Insert the pending row in the SQLite sink.")
 @click.option("--model-name", default="", help="model_name of the created row.")
-def register(job_id: str, job_token: str, create_row: bool, model_name: str) -> None:
+@click.option(
+    "--pod-credentials",
+    is_flag=True,
+    help="Also create the pod's publish-only Redis user and print its redis_url as JSON.",
+)
+def register(
+    job_id: str, job_token: str, create_row: bool, model_name: str, pod_credentials: bool
+) -> None:
     """Register JOB_ID with its JOB_TOKEN so the pipeline scores it and writes its row."""
     from .registry import register_job
 
     settings = _settings()
     if create_row:
         _create_row(settings, job_id, job_token, model_name)
-    register_job(_redis(settings), job_id, job_token)
+    redis = _redis(settings)
+    register_job(redis, job_id, job_token)
+    if pod_credentials:
+        credentials = _create_pod_credentials(settings, redis, job_id)
+        click.echo(json.dumps({**credentials.masked(), "redis_url": credentials.redis_url}))
+        return
     click.echo(f"registered {job_id}")
+
+
+def _create_pod_credentials(settings: Settings, redis: Any, job_id: str) -> Any:
+    from remote.credentials import create_pod_user
+
+    from .registry import record_pod_user
+
+    credentials = create_pod_user(redis, job_id, settings.pod_redis_url or settings.redis_url)
+    record_pod_user(redis, job_id, credentials.username)
+    return credentials
 
 
 def _create_row(settings: Settings, job_id: str, job_token: str, model_name: str) -> None:
@@ -104,7 +126,7 @@ def _create_row(settings: Settings, job_id: str, job_token: str, model_name: str
 @main.command()
 @click.argument("job_id")
 def unregister(job_id: str) -> None:
-    """Remove JOB_ID from the active jobs (its state and row stay)."""
+    """Remove JOB_ID from the active jobs and delete its pod user (state and row stay)."""
     from .registry import unregister_job
 
     unregister_job(_redis(_settings()), job_id)
@@ -222,6 +244,105 @@ def demo(workdir: str) -> None:
     from .demo import run_demo
 
     run_demo(Path(workdir))
+
+
+@main.command()
+@click.argument("database_url")
+def migrate(database_url: str) -> None:
+    """Apply the additive, idempotent SQL migrations to DATABASE_URL (PostgreSQL/Supabase)."""
+    from sink.migrate import run_migrations
+
+    applied = run_migrations(database_url)
+    click.echo(f"applied: {', '.join(applied)}" if applied else "up to date: nothing to apply")
+
+
+@main.group()
+def remote() -> None:
+    """The RunPod path: render the pod script, launch the pod."""
+
+
+def _load_spec(path: str) -> dict[str, Any]:
+    from remote.training import validate_spec
+
+    try:
+        spec = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise click.UsageError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(spec, dict):
+        raise click.UsageError(f"{path} must hold a JSON object")
+    return validate_spec(spec)
+
+
+@remote.command()
+@click.argument("spec_path", metavar="SPEC.json", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", help="Where to write the script (default pod_<job_id>.py).")
+def render(spec_path: str, output: str | None) -> None:
+    """Write the self-contained pod script for SPEC.json."""
+    from remote.render import render_script
+
+    spec = _load_spec(spec_path)
+    target = Path(output or f"pod_{spec['job_id']}.py")
+    target.write_text(render_script(spec), encoding="utf-8")
+    click.echo(f"wrote {target}")
+
+
+@remote.command()
+@click.argument("spec_path", metavar="SPEC.json", type=click.Path(exists=True, dir_okay=False))
+@click.option("--dry-run", is_flag=True, help="Print the request (secrets masked); send nothing.")
+@click.option("--job-token", envvar="JOB_TOKEN", help="The job's row token (or $JOB_TOKEN).")
+@click.option("--gpu-type", default=None, help="RunPod GPU type id.")
+@click.option("--image", default=None, help="Container image with Python and torch.")
+@click.option("--api-url", envvar="RUNPOD_API_URL", default=None, help="RunPod REST API base.")
+def launch(
+    spec_path: str,
+    dry_run: bool,
+    job_token: str | None,
+    gpu_type: str | None,
+    image: str | None,
+    api_url: str | None,
+) -> None:
+    """Start a RunPod pod that trains SPEC.json and publishes its events (RUNPOD_API_KEY)."""
+    import os
+
+    from remote.launch import LaunchOptions, build_request, masked, send
+    from remote.render import render_script
+
+    spec = _load_spec(spec_path)
+    overrides = {"gpu_type": gpu_type, "image": image, "api_url": api_url}
+    options = LaunchOptions(**{k: v for k, v in overrides.items() if v})
+    script = render_script(spec)
+    api_key = os.environ.get("RUNPOD_API_KEY", "")
+    settings = _settings()
+    if dry_run:
+        from remote.credentials import pod_username, with_credentials
+
+        base = settings.pod_redis_url or settings.redis_url
+        url = with_credentials(base, pod_username(spec["job_id"]), "***")
+        request = build_request(spec["job_id"], script, url, api_key or "<unset>", options)
+        click.echo(_dump(masked(request)))
+        return
+    if not api_key:
+        raise click.UsageError("RUNPOD_API_KEY is not set")
+    if not job_token:
+        raise click.UsageError("--job-token (or $JOB_TOKEN) is required to register the job")
+    click.echo(_dump(_launch(settings, spec, script, job_token, api_key, options, send)))
+
+
+def _launch(settings, spec, script, job_token, api_key, options, send) -> dict[str, Any]:
+    from remote.launch import LaunchError, build_request
+
+    from .registry import drop_pod_user, register_job
+
+    redis = _redis(settings)
+    register_job(redis, spec["job_id"], job_token)
+    credentials = _create_pod_credentials(settings, redis, spec["job_id"])
+    request = build_request(spec["job_id"], script, credentials.redis_url, api_key, options)
+    try:
+        pod = send(request)
+    except LaunchError:
+        drop_pod_user(redis, spec["job_id"])  # no pod, so no credentials left lying around
+        raise
+    return {"job_id": spec["job_id"], "redis_user": credentials.username, "pod": pod}
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from producer.wire import job_of_stream_key
 
 from . import keys
 from .dispatch import enqueue_once
+from .registry import drop_pod_user
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,9 @@ class Pump:
             if enqueue_once(self.redis, keys.SINK_QUEUE, keys.FLUSH_TASK, job_id, settings):
                 result.flushes_enqueued += 1
         if length == 0 and version <= written and status in ("completed", "failed", "cancelled"):
-            self.redis.srem(keys.JOBS, job_id)  # finished and written: stop polling it
+            # Finished, drained and written: stop polling it, and the pod's credentials go.
+            self.redis.srem(keys.JOBS, job_id)
+            drop_pod_user(self.redis, job_id)
             result.retired += 1
 
 

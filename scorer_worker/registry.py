@@ -31,8 +31,24 @@ def register_job(redis: Any, job_id: str, job_token: str) -> None:
 
 
 def unregister_job(redis: Any, job_id: str) -> None:
-    """Remove the job from the active set (its state and row stay)."""
+    """Remove the job from the active set and delete its pod user (state and row stay)."""
     redis.srem(keys.JOBS, job_id)
+    drop_pod_user(redis, job_id)
+
+
+def record_pod_user(redis: Any, job_id: str, username: str) -> None:
+    """Remember the job's pod ACL user, so it is deleted when the job ends."""
+    redis.hset(keys.meta(job_id), "pod_user", username)
+
+
+def drop_pod_user(redis: Any, job_id: str) -> bool:
+    """Delete the job's pod ACL user, if it has one; return True when one was deleted."""
+    username = redis.hget(keys.meta(job_id), "pod_user")
+    if not username:
+        return False
+    redis.acl_deluser(username.decode() if isinstance(username, bytes) else username)
+    redis.hdel(keys.meta(job_id), "pod_user")
+    return True
 
 
 def job_token(redis: Any, job_id: str) -> str | None:

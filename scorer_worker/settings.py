@@ -19,7 +19,8 @@ class Settings:
 
     Environment variables: ``REDIS_URL``, ``CKPT_SINK`` (``sqlite:///abs/path.db``,
     ``supabase``, ``postgresql://...``), ``SUPABASE_URL``, ``SUPABASE_SERVICE_ROLE_KEY``,
-    ``CKPT_PROFILE``, and ``CKPT_<FIELD>`` for the numeric fields below.
+    ``CKPT_PROFILE``, ``CKPT_POD_REDIS_URL`` (Redis as pods reach it; defaults to
+    ``REDIS_URL``), and ``CKPT_<FIELD>`` for the numeric fields below.
     """
 
     # URLs may carry passwords and the key is a secret: none of them appear in repr().
@@ -27,6 +28,7 @@ class Settings:
     sink_url: str = field(default="", repr=False)
     supabase_url: str = ""
     supabase_key: str = field(default="", repr=False)
+    pod_redis_url: str = field(default="", repr=False)
     profile: str = "default"
     drain_batch_events: int = 1000
     drain_budget_s: float = 5.0
@@ -53,6 +55,7 @@ class Settings:
             "supabase_url": env.get("SUPABASE_URL", ""),
             "supabase_key": env.get("SUPABASE_SERVICE_ROLE_KEY", ""),
             "profile": env.get("CKPT_PROFILE", cls.profile),
+            "pod_redis_url": env.get("CKPT_POD_REDIS_URL", ""),
         }
         for spec in fields(cls):
             name = f"CKPT_{spec.name.upper()}"

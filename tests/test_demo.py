@@ -28,7 +28,9 @@ def test_demo_runs_and_the_score_disagrees_with_eval_loss(tmp_path, monkeypatch)
     assert "agrees with the row" in out
     assert (workdir / "demo.png").stat().st_size > 10_000
     writer = SqliteWriter(workdir / "demo.db")
-    (job_id,) = {line.split()[1].rstrip(":") for line in out.splitlines() if line.startswith("job ")}
+    (job_id,) = {
+        line.split()[1].rstrip(":") for line in out.splitlines() if line.startswith("job ")
+    }
     row = writer.read_job(job_id)
     assert row["status"] == "completed"
     assert row["best_checkpoint_path"].endswith(picks["multi-metric"])

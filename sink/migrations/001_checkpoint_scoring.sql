@@ -9,24 +9,26 @@
 --     still takes a brief ACCESS EXCLUSIVE lock, so lock_timeout makes it give up (and be
 --     rerun) rather than queue behind a long transaction while the dashboard's reads queue
 --     behind it.
--- The index is not UNIQUE: the legacy metrics table may hold duplicate (job_id, step) rows,
--- which is why the sink replaces a step's rows with DELETE then INSERT instead of upserting.
--- On a large legacy metrics table, create the index beforehand with
--- CREATE INDEX CONCURRENTLY (outside a transaction) to avoid blocking writes while it builds.
+-- It runs in one transaction (`ckpt-pipeline migrate`, `supabase db push`, or the SQL editor).
+-- The index on local_training_metrics is in 002_indexes.sql: it is built CONCURRENTLY,
+-- which cannot run inside a transaction.
 -- On Supabase, tables created here have row level security off: enable it and add the
 -- policies the dashboard needs (the sink uses the service role, which bypasses RLS).
 --
 -- The ADD COLUMN lists mirror sink/rows.py JOB_COLUMNS and METRIC_COLUMNS with their types;
 -- tests/test_writers.py fails if they drift apart.
 
-SET lock_timeout = '5s';
+-- Give up on a lock after 5 s, unless the caller already chose a limit (as
+-- `ckpt-pipeline migrate` does); transaction-scoped, so it ends with this migration.
+SELECT set_config('lock_timeout', '5s', true) WHERE current_setting('lock_timeout') = '0';
 
 CREATE TABLE IF NOT EXISTS local_training_jobs (
     id uuid PRIMARY KEY,
     user_id uuid,
     model_name text NOT NULL DEFAULT '',
     dataset_path text,
-    status text NOT NULL DEFAULT 'pending',
+    status text NOT NULL DEFAULT 'pending'
+        CHECK (status IN ('pending', 'queued', 'running', 'completed', 'failed', 'cancelled')),
     job_token text,
     config jsonb,
     error_message text,
@@ -81,6 +83,3 @@ ALTER TABLE local_training_metrics ADD COLUMN IF NOT EXISTS grad_norm double pre
 ALTER TABLE local_training_metrics ADD COLUMN IF NOT EXISTS perplexity double precision;
 ALTER TABLE local_training_metrics ADD COLUMN IF NOT EXISTS train_perplexity double precision;
 ALTER TABLE local_training_metrics ADD COLUMN IF NOT EXISTS "timestamp" timestamptz;
-
-CREATE INDEX IF NOT EXISTS local_training_metrics_job_step_idx
-    ON local_training_metrics (job_id, step);
