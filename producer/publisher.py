@@ -256,3 +256,21 @@ class EventPublisher:
                 socket_connect_timeout=self.socket_timeout_s,
             )
         return self._client
+
+
+def flush_spool_dir(
+    directory: str | os.PathLike[str], redis_url: str, timeout_s: float = 60.0
+) -> dict[str, int]:
+    """Deliver the spool of every job found in ``directory`` (after a crashed training run).
+
+    Returns:
+        For each job, how many spool bytes are still undelivered (0 when all arrived).
+    """
+    from .spool import spool_files
+
+    results = {}
+    for job_id, _ in spool_files(directory):
+        publisher = EventPublisher(job_id, redis_url, spool_dir=directory, flush_interval_ms=1)
+        publisher.close(timeout_s)
+        results[job_id] = publisher.spool.undelivered_bytes()
+    return results

@@ -49,6 +49,13 @@ class Spool:
         with self._lock:
             return self.path.exists() and self.path.stat().st_size > self._read_offset()
 
+    def undelivered_bytes(self) -> int:
+        """Bytes of the spool not yet delivered (0 when there is no spool)."""
+        with self._lock:
+            if not self.path.exists():
+                return 0
+            return max(0, self.path.stat().st_size - self._read_offset())
+
     def read_batch(self, max_events: int) -> tuple[list[str], int]:
         """Return up to ``max_events`` undelivered events and the offset just after them."""
         with self._lock:

@@ -345,5 +345,35 @@ def _launch(settings, spec, script, job_token, api_key, options, send) -> dict[s
     return {"job_id": spec["job_id"], "redis_user": credentials.username, "pod": pod}
 
 
+@main.group()
+def spool() -> None:
+    """Producer spool files: events a training process could not deliver."""
+
+
+@spool.command("flush")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--timeout-s", default=60.0, show_default=True, help="Time allowed per job.")
+def spool_flush(directory: str, timeout_s: float) -> None:
+    """Deliver every job's spooled events in DIRECTORY to Redis, in order."""
+    from producer.publisher import flush_spool_dir
+
+    settings = _settings()
+    results = flush_spool_dir(directory, settings.redis_url, timeout_s=timeout_s)
+    if not results:
+        click.echo(f"no spool files in {directory}")
+    for job_id, left in results.items():
+        click.echo(f"{job_id}: " + ("delivered" if left == 0 else f"{left} bytes still spooled"))
+    if any(results.values()):
+        sys.exit(1)
+
+
+def _register_dead_letter_commands() -> None:
+    from .deadletters_cli import dead
+
+    main.add_command(dead)
+
+
+_register_dead_letter_commands()
+
 if __name__ == "__main__":
     main()

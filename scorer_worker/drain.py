@@ -9,7 +9,7 @@ from typing import Any
 
 from . import keys
 from .deadletter import DeadLetter, make_dead_letter
-from .errors import InvalidEvent, StateConflict
+from .errors import InvalidEvent, PoisonEvent, StateConflict
 from .models import decode_entry
 from .settings import Settings
 from .store import StateTransaction
@@ -43,6 +43,8 @@ def drain_job(redis: Any, job_id: str, settings: Settings) -> DrainResult:
     while time.monotonic() < deadline:
         try:
             batch_size = _drain_batch(redis, job_id, settings, result, secrets)
+        except _PoisonGaveUp:
+            continue  # re-read the batch: the poison event is now dead-lettered unapplied
         except StateConflict:
             conflicts += 1  # a concurrent drain of the same job committed first: re-read
             if conflicts > MAX_CONFLICT_RETRIES:
@@ -62,10 +64,14 @@ def _drain_batch(
         if not entries:
             result.version = txn.state.version
             return 0
+        given_up = _poison_given_up(redis, job_id, settings.poison_max_attempts)
         dead: list[DeadLetter] = []
         changed = False
         for entry_id, fields in entries:
-            reason, raw = _fold(txn.state, job_id, fields)
+            if entry_id in given_up:
+                reason, raw = given_up[entry_id], fields.get(b"event", fields.get("event"))
+            else:
+                reason, raw = _fold(txn.state, job_id, entry_id, fields, redis, settings)
             if reason is None:
                 changed = True if raw else changed
             else:
@@ -76,7 +82,7 @@ def _drain_batch(
         state.dead_letters += len(dead)
         if changed or dead:
             state.version += 1
-        txn.commit(dead)
+        txn.commit(dead, clear_fields=[_poison_field(e) for e in given_up])
     result.events += len(entries)
     result.dead += len(dead)
     result.commits += 1
@@ -89,14 +95,57 @@ def _secrets(redis: Any, job_id: str) -> tuple[str, ...]:
     return tuple(v.decode() if isinstance(v, bytes) else v for v in values if v)
 
 
-def _fold(state: Any, job_id: str, fields: dict) -> tuple[str | None, Any]:
-    """Apply one entry. Returns (None, changed) or (reason, raw payload) for a dead letter."""
+def _fold(
+    state: Any, job_id: str, entry_id: str, fields: dict, redis: Any, settings: Settings
+) -> tuple[str | None, Any]:
+    """Apply one entry. Returns (None, changed) or (reason, raw payload) for a dead letter.
+
+    Raises:
+        PoisonEvent: applying a valid event raised; the batch is abandoned uncommitted and
+            retried, up to ``settings.poison_max_attempts`` times.
+    """
     try:
         event = decode_entry(fields, job_id)
     except InvalidEvent as exc:
         return exc.reason, exc.raw
     try:
         return None, state.apply(event)
-    except Exception as exc:  # a scoring bug must not wedge the job: dead-letter the event
-        log.exception("event of job %s could not be applied", job_id)
-        return f"scoring raised {type(exc).__name__}: {exc}", event.model_dump_json()
+    except Exception as exc:  # a scoring bug: retry a few times, then dead-letter the event
+        reason = f"scoring raised {type(exc).__name__}: {exc}"
+        attempts = _count_poison(redis, job_id, entry_id, reason)
+        log.exception("event %s of job %s failed (attempt %d)", entry_id, job_id, attempts)
+        if attempts >= settings.poison_max_attempts:
+            raise _PoisonGaveUp from None
+        raise PoisonEvent(f"event {entry_id} of job {job_id}: {reason}") from exc
+
+
+class _PoisonGaveUp(Exception):
+    """Internal: the poison event exhausted its attempts; re-run the batch without it."""
+
+
+def _poison_field(entry_id: str) -> str:
+    return f"poison:{entry_id}"
+
+
+def _count_poison(redis: Any, job_id: str, entry_id: str, reason: str) -> int:
+    field = _poison_field(entry_id)
+    attempts = int(redis.hget(keys.meta(job_id), field + ":n") or 0) + 1
+    redis.hset(keys.meta(job_id), mapping={field + ":n": attempts, field: reason[:500]})
+    return attempts
+
+
+def _poison_given_up(redis: Any, job_id: str, max_attempts: int) -> dict[str, str]:
+    """Entries whose application failed ``max_attempts`` times: id -> reason."""
+    meta = redis.hgetall(keys.meta(job_id))
+    fields = {_text(k): _text(v) for k, v in meta.items() if _text(k).startswith("poison:")}
+    given_up = {}
+    for name, value in fields.items():
+        if name.endswith(":n") and int(value) >= max_attempts:
+            field = name[: -len(":n")]
+            reason = f"{fields.get(field, 'scoring raised')} (gave up after {value} attempts)"
+            given_up[field[len("poison:") :]] = reason
+    return given_up
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

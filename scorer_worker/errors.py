@@ -25,6 +25,10 @@ class InvalidEvent(PipelineError):
         self.raw = raw
 
 
+class PoisonEvent(PipelineError):
+    """A valid event made scoring raise; the drain is retried, then the event dead-lettered."""
+
+
 class StateConflict(PipelineError):
     """Another process committed the job's state first; re-read and try again."""
 

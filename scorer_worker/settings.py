@@ -38,6 +38,7 @@ class Settings:
     flush_lock_ttl_s: int = 30
     task_timeout_s: int = 120
     dead_payload_max_bytes: int = 4096
+    poison_max_attempts: int = 3
     sink_retry_attempts: int = 5
     sink_retry_max_s: float = 10.0
 

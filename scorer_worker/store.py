@@ -50,7 +50,7 @@ class StateTransaction:
         entries = self._pipe.xrange(keys.events(self.job_id), f"({self.state.cursor}", "+", count)
         return [(_text(entry_id), fields) for entry_id, fields in entries]
 
-    def commit(self, dead_letters: list[DeadLetter]) -> None:
+    def commit(self, dead_letters: list[DeadLetter], clear_fields: list[str] = ()) -> None:
         """Write state (with cursor and version), dead letters and the stream trim atomically.
 
         Raises:
@@ -66,6 +66,8 @@ class StateTransaction:
             mapping={"cursor": state.cursor, "version": state.version, "status": status},
         )
         add_dead_letters(pipe, dead_letters)
+        for name in clear_fields:  # e.g. the retry counters of a poison event now dead
+            pipe.hdel(keys.meta(self.job_id), name, f"{name}:n")
         # Drained entries are kept in the state; trimming them bounds Redis memory per job.
         pipe.xtrim(keys.events(self.job_id), minid=next_stream_id(state.cursor))
         try:

@@ -37,8 +37,10 @@ SEARCH_DIRS = (
 )
 UNPRIVILEGED_USER = "postgres"
 SUPERUSER = "ckpt"
-# Settings that trade crash safety for speed; a test server loses nothing it needs.
-FAST_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+# Settings that trade safety against power loss for speed. Commits still reach the
+# operating system before they return (synchronous_commit stays on), so a killed server
+# (``kill``) recovers every committed transaction.
+FAST_SETTINGS = {"fsync": "off", "full_page_writes": "off"}
 _DATABASE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
@@ -68,7 +70,8 @@ class LocalPostgres:
             one by default, removed by ``stop``). As root, every folder above it must be
             searchable by the ``postgres`` user.
         port: a fixed port (a restart keeps the URL); random by default.
-        durable: keep fsync and full-page writes on. Off by default: tests want speed.
+        durable: keep fsync and full-page writes on, so that committed data survives a
+            power loss, not only a killed server. Off by default: tests want speed.
         search_dirs: where to look for the binaries when they are not on the PATH.
 
     Raises:

@@ -31,6 +31,8 @@ FIRST_WAIT_S = 0.5
 def writer_from_settings(settings: Settings) -> Writer:
     """Build the writer ``settings.sink_url`` names (the SQLite schema is ensured).
 
+    The PostgreSQL writer connects on first use; its schema comes from ``sink.migrate``.
+
     Raises:
         ConfigError: the URL is malformed, unsupported, or the Supabase settings or the
             SQLite file are unusable. Passwords in the URL are masked in the message.
@@ -41,7 +43,10 @@ def writer_from_settings(settings: Settings) -> Writer:
     if url == "supabase":
         return _supabase_writer(settings)
     if url.startswith(POSTGRES_PREFIXES):
-        raise ConfigError("the PostgreSQL writer is not available yet")
+        # Imported here, like supabase-py: `ckpt-pipeline pump` loads no database driver.
+        from .postgres import PostgresWriter
+
+        return PostgresWriter(url)
     raise ConfigError(f"CKPT_SINK={mask_url(url)!r} is not one of: {ACCEPTED_FORMS}")
 
 

@@ -84,9 +84,11 @@ class PostgresWriter:
         self._secrets = url_secrets(url)
         try:
             conninfo_to_dict(url)
-        except psycopg.Error:
+        except psycopg.Error as exc:
+            # libpq quotes the whole URL in some of these messages: mask it there too.
+            reason = mask_url(redact(str(exc).strip(), self._secrets))
             raise ConfigError(
-                f"CKPT_SINK={mask_url(url)!r} is not a valid PostgreSQL URL"
+                f"CKPT_SINK={mask_url(url)!r} is not a valid PostgreSQL URL: {reason}"
             ) from None
         self.connect_timeout_s = connect_timeout_s
         self._timeouts = (_ms(lock_timeout_s), _ms(statement_timeout_s))
