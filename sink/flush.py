@@ -43,12 +43,32 @@ def flush_job(redis: Any, job_id: str, settings: Settings, writer: Any = None) -
     if not redis.set(lock_key, lock_value, nx=True, ex=settings.flush_lock_ttl_s):
         return FlushResult(job_id, "busy")
     try:
-        return _flush_locked(redis, job_id, settings, writer)
+        return _flush_locked(
+            redis,
+            job_id,
+            settings,
+            writer,
+            _LockRenewer(redis, lock_key, lock_value, settings.flush_lock_ttl_s),
+        )
     finally:
         _release(redis, lock_key, lock_value)
 
 
-def _flush_locked(redis: Any, job_id: str, settings: Settings, writer: Any) -> FlushResult:
+class _LockRenewer:
+    """Sleeps between write attempts and extends the flush lock, which must outlive retries."""
+
+    def __init__(self, redis: Any, key: str, value: str, ttl_s: int) -> None:
+        self.redis, self.key, self.value, self.ttl_s = redis, key, value, ttl_s
+
+    def __call__(self, seconds: float) -> None:
+        if _text(self.redis.get(self.key)) == self.value:
+            self.redis.expire(self.key, self.ttl_s + int(seconds) + 1)
+        time.sleep(seconds)
+
+
+def _flush_locked(
+    redis: Any, job_id: str, settings: Settings, writer: Any, sleep: _LockRenewer
+) -> FlushResult:
     meta = {_text(k): _text(v) for k, v in redis.hgetall(keys.meta(job_id)).items()}
     written = int(meta.get("written_version") or 0)
     raw = redis.get(keys.state(job_id))
@@ -68,18 +88,18 @@ def _flush_locked(redis: Any, job_id: str, settings: Settings, writer: Any) -> F
         _record_transient(redis, job_id, exc)
         return FlushResult(job_id, "error", state.version)
     try:
-        return _write(redis, job_id, token, state, written, settings, writer)
+        return _write(redis, job_id, token, state, written, settings, writer, sleep)
     finally:
         if own_writer:
             writer.close()
 
 
-def _write(redis, job_id, token, state, written, settings, writer) -> FlushResult:
+def _write(redis, job_id, token, state, written, settings, writer, sleep) -> FlushResult:
     row, metrics = job_row(state), metric_rows(state, since_version=written)
     try:
         outcome = retrying_write(
             writer, job_id, token, row, metrics,
-            settings.sink_retry_attempts, settings.sink_retry_max_s,
+            settings.sink_retry_attempts, settings.sink_retry_max_s, sleep=sleep,
         )  # fmt: skip
     except PermanentSinkError as exc:
         _record(redis, job_id, state.version, "permanent", str(exc))

@@ -343,7 +343,7 @@ def test_concurrent_index_build_cut_by_lock_timeout_is_rebuilt_next_run(
         # An open snapshot (a long report, say): the concurrent build must wait for it.
         reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         reader.execute("SELECT count(*) FROM local_training_jobs").fetchall()
-        with pytest.raises(MigrationError, match="002_indexes.sql failed") as caught:
+        with pytest.raises(MigrationError, match=r"002_indexes\.sql failed") as caught:
             run_migrations(legacy_db, lock_timeout_s=0.3)
         reader.rollback()
 
@@ -397,7 +397,7 @@ def test_migrate_refuses_an_applied_file_that_changed(empty_db: str, tmp_path: P
     edited = folder / "001_checkpoint_scoring.sql"
     edited.write_text(edited.read_text() + "\nALTER TABLE local_training_jobs ADD COLUMN x int;\n")
 
-    with pytest.raises(MigrationError, match="001_checkpoint_scoring.sql changed after"):
+    with pytest.raises(MigrationError, match=r"001_checkpoint_scoring\.sql changed after"):
         run_migrations(empty_db, directory=folder)
     assert "x" not in column_types(empty_db, "local_training_jobs")
 
@@ -410,7 +410,7 @@ def test_migrate_applies_new_files_only_and_keeps_a_failed_one_out(db: str, tmp_
         "ALTER TABLE no_such_table ADD COLUMN IF NOT EXISTS extra_b int;\n"
     )
 
-    with pytest.raises(MigrationError, match=r"003_broken.sql failed \(42P01\)") as caught:
+    with pytest.raises(MigrationError, match=r"003_broken\.sql failed \(42P01\)") as caught:
         run_migrations(db, directory=folder)
 
     assert not caught.value.retry

@@ -24,6 +24,7 @@ from scorer_worker.settings import Settings
 from sink.rows import JOB_COLUMN_NAMES, JOB_COLUMNS, METRIC_COLUMNS
 from sink.writers import WriteOutcome, retrying_write, writer_from_settings
 from sink.writers.base import mask_url, redact
+from sink.writers.postgres import PostgresWriter
 from sink.writers.sqlite import SqliteWriter
 from sink.writers.supabase import SupabaseWriter, is_transient_code
 
@@ -598,8 +599,13 @@ def test_writer_from_settings_wants_an_absolute_sqlite_path() -> None:
 
 
 def test_writer_from_settings_postgres_and_supabase(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="not available yet") as caught:
-        writer_from_settings(Settings(sink_url="postgresql://u:pw-SECRET@localhost/db"))
+    # The PostgreSQL writer connects on first use, so building it needs no server.
+    for url in ("postgresql://u:pw-SECRET@localhost/db", "postgres://u:pw-SECRET@localhost/db"):
+        postgres = writer_from_settings(Settings(sink_url=url))
+        assert isinstance(postgres, PostgresWriter)
+        postgres.close()
+    with pytest.raises(ConfigError, match="not a valid PostgreSQL URL") as caught:
+        writer_from_settings(Settings(sink_url="postgresql://u:pw-SECRET@localhost/db?bad=1"))
     assert "pw-SECRET" not in str(caught.value)
     with pytest.raises(ConfigError, match="SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY"):
         writer_from_settings(Settings(sink_url="supabase"))
