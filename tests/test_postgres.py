@@ -14,7 +14,9 @@ from typing import Any
 
 import psycopg
 import pytest
+from click.testing import CliRunner
 
+from scorer_worker.cli import main
 from scorer_worker.errors import ConfigError, PermanentSinkError, TransientSinkError
 from scorer_worker.settings import Settings
 from sink.local_postgres import LocalPostgres
@@ -753,3 +755,16 @@ def test_writer_from_settings_builds_a_postgres_writer(db: str, job: str) -> Non
         with pytest.raises(ConfigError, match="not a valid PostgreSQL URL") as caught:
             writer_from_settings(Settings(sink_url=bad))
         assert "pw-SECRET" not in str(caught.value)
+
+
+def test_cli_migrate_on_a_production_copy_twice(server: LocalPostgres, legacy_db: str) -> None:
+    runner = CliRunner()
+
+    first = runner.invoke(main, ["migrate", legacy_db])
+    second = runner.invoke(main, ["migrate", legacy_db])
+    wrong = runner.invoke(main, ["migrate", legacy_db.replace(server.password, "pw-WRONG-9")])
+
+    assert first.exit_code == 0 and ", ".join(ALL_MIGRATIONS) in first.output
+    assert second.exit_code == 0 and "nothing to apply" in second.output
+    assert wrong.exit_code == 2 and "password authentication failed" in wrong.output
+    assert "pw-WRONG-9" not in wrong.output

@@ -261,6 +261,25 @@ def test_migration_only_adds() -> None:
     assert "UNIQUE" not in sql.upper()
 
 
+@pytest.mark.parametrize("path", sorted(MIGRATION.parent.glob("*.sql")), ids=lambda path: path.name)
+def test_every_migration_file_only_adds_and_concurrent_builds_run_alone(path: Path) -> None:
+    text = path.read_text()
+    sql = re.sub(r"--[^\n]*", "", text)
+    for forbidden in (r"\bDROP\b", r"\bRENAME\b", r"\bALTER\s+COLUMN\b", r"\bDELETE\b", "UNIQUE"):
+        assert not re.search(forbidden, sql, re.IGNORECASE), forbidden
+    creates = re.findall(
+        r"\bCREATE\s+(?:TABLE|INDEX(?:\s+CONCURRENTLY)?)\b(?!\s+(?:IF\s+NOT\s+EXISTS|CONCURRENTLY))",
+        sql,
+        re.I,
+    )
+    assert creates == []
+    if re.search(r"\bCONCURRENTLY\b", sql, re.IGNORECASE):
+        # Outside any transaction (`ckpt-pipeline migrate`), and alone in its file so that
+        # `supabase db push` can run it on its own as well.
+        assert text.startswith("-- ckpt:no-transaction\n")
+        assert len([s for s in sql.split(";") if s.strip()]) == 1
+
+
 # --- SupabaseWriter against a local fake PostgREST --------------------------------------
 
 

@@ -1,0 +1,185 @@
+"""Fan-out: many registered jobs each publishing one event per second; lag to committed state.
+
+All jobs are registered (and have rows) before a load generator process publishes one event
+per job per second, spread evenly, for the run's duration. The lag of an event is the time
+from its XADD (the server clock in its entry id) to the first moment its job's committed
+cursor is seen at or past it. Commits are seen through keyspace notifications on the job's
+``state`` and ``meta`` keys, for a sample of the jobs; on each notification the cursor is
+read, and the time after that read is the commit time (so a lag is never under-stated by
+more than the read, about a millisecond). Events not committed when the run ends count as
+infinitely late.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+import time
+from typing import Any
+
+import redis
+
+from scorer_worker import keys
+
+from .common import (
+    Context,
+    Figure,
+    Pipeline,
+    _id_key,
+    entry_seconds,
+    finish_loadgen,
+    percentile,
+    start_loadgen,
+)
+
+NAMES = ("fanout_jobs", "fanout_lag_p99_s")
+FULL_JOBS = 10_000
+
+
+def sizes(quick: bool) -> dict[str, Any]:
+    if quick:
+        return {"jobs": 1000, "events_per_job_per_s": 1, "duration_s": 20, "sample_jobs": 200}
+    return {"jobs": FULL_JOBS, "events_per_job_per_s": 1, "duration_s": 60, "sample_jobs": 500}
+
+
+def run(ctx: Context) -> list[Figure]:
+    size = ctx.sizes["fanout"]
+    jobs = [f"fo-{i:05d}" for i in range(size["jobs"])]
+    step = max(1, len(jobs) // size["sample_jobs"])
+    sample = jobs[::step][: size["sample_jobs"]]
+    queue_depths: list[int] = []
+    with Pipeline(ctx, "fanout", redis_args=["--notify-keyspace-events", "KA"]) as pipeline:
+        pipeline.register(jobs)
+        pipeline.start_processes()
+        watcher = CommitWatcher(pipeline.server.url, sample)
+        watcher.start()
+        try:
+            process, output = start_loadgen(
+                ctx, pipeline, "loadgen", jobs=jobs, rate_per_job=size["events_per_job_per_s"],
+                duration_s=size["duration_s"], record="all", record_jobs=sample,
+            )  # fmt: skip
+            end = time.monotonic() + size["duration_s"] + 5
+            while process.poll() is None and time.monotonic() < end + 60:
+                pipeline.check_alive()
+                queue_depths.append(int(pipeline.client.llen("rq:queue:scoring")))
+                time.sleep(1.0)
+            summary = finish_loadgen(ctx, process, output, 5)
+            records = summary["records"]
+            last = {job: events[-1][2] for job, events in records.items() if events}
+            grace = 10.0 if ctx.quick else 30.0
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline and not watcher.reached(last):
+                time.sleep(0.1)
+        finally:
+            watcher.stop()
+    lags = watcher.lags(records)
+    late = sum(1 for lag in lags if lag == float("inf"))
+    p99 = percentile(lags, 99)
+    ctx.details["fanout"] = {
+        "events_published": summary["sent"],
+        "publish_rate_per_s": round(summary["rate"]),
+        "generator_max_behind_s": round(summary["max_behind_s"], 3),
+        "sampled_jobs": len(sample),
+        "sampled_events": len(lags),
+        "uncommitted_sampled_events": late,
+        "lag_p50_p90_p99_max_s": [round(percentile(lags, q), 3) for q in (50, 90, 99, 100)],
+        "scoring_queue_depth_max": max(queue_depths, default=0),
+        "scoring_queue_depth_samples": queue_depths[-10:],
+    }
+    target_jobs = len(jobs) if ctx.quick else FULL_JOBS
+    met_lag = p99 <= 2.0
+    note = (
+        f"{len(jobs):,} jobs x {size['events_per_job_per_s']} event/s for "
+        f"{size['duration_s']} s; lag sampled on {len(sample)} jobs ({len(lags):,} events, "
+        f"{late:,} not committed by the end)"
+    )
+    jobs_figure = Figure("fanout_jobs", len(jobs), "jobs", ">=", target_jobs,
+                         "met only when the lag target holds at this count"
+                         + (f" (quick run: {len(jobs):,}, full: {FULL_JOBS:,})" if ctx.quick else ""))  # fmt: skip
+    jobs_figure.verdict = met_lag and len(jobs) >= target_jobs
+    return [jobs_figure, Figure("fanout_lag_p99_s", p99, "s", "<=", 2, note)]
+
+
+class CommitWatcher:
+    """Records, for a sample of jobs, when their committed cursor moved (keyspace events)."""
+
+    def __init__(self, url: str, jobs: list[str]) -> None:
+        self.client = redis.Redis.from_url(url)
+        self.reader = redis.Redis.from_url(url)
+        self.jobs = jobs
+        self.commits: dict[str, list[tuple[float, tuple[int, int]]]] = {job: [] for job in jobs}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="commit-watcher", daemon=True)
+        self._ready = threading.Event()
+        self.error: BaseException | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("keyspace subscription did not start")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.client.close()
+        self.reader.close()
+
+    def _run(self) -> None:
+        try:
+            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            channels = {}
+            for job in self.jobs:
+                for key in (keys.state(job), keys.meta(job)):
+                    channels[f"__keyspace@0__:{key}"] = job
+            names = list(channels)
+            for index in range(0, len(names), 500):
+                pubsub.subscribe(*names[index : index + 500])
+            self._ready.set()
+            while not self._stop.is_set():
+                touched = set()
+                message = pubsub.get_message(timeout=0.05)
+                while message is not None:
+                    channel = message["channel"].decode()
+                    touched.add(channels[channel])
+                    message = pubsub.get_message(timeout=0)
+                if touched:
+                    self._read_cursors(sorted(touched))
+            pubsub.close()
+        except BaseException as exc:  # reported by the figures (events count as late)
+            self.error = exc
+            self._ready.set()
+
+    def _read_cursors(self, jobs: list[str]) -> None:
+        pipe = self.reader.pipeline(transaction=False)
+        for job in jobs:
+            pipe.hget(keys.meta(job), "cursor")
+        cursors = pipe.execute()
+        seen = time.time()
+        for job, cursor in zip(jobs, cursors, strict=True):
+            if cursor:
+                position = _id_key(cursor)
+                history = self.commits[job]
+                if not history or position > history[-1][1]:
+                    history.append((seen, position))
+
+    def reached(self, last: dict[str, str]) -> bool:
+        """True when every sampled job's committed cursor reached the given entry ids."""
+        for job, entry_id in last.items():
+            history = self.commits.get(job)
+            if not history or history[-1][1] < _id_key(entry_id):
+                return False
+        return True
+
+    def lags(self, records: dict[str, list]) -> list[float]:
+        """Seconds from XADD to commit for every recorded event (inf if never committed)."""
+        lags = []
+        for job, events in records.items():
+            history = self.commits.get(job, [])
+            positions = [position for _, position in history]
+            for _kind, _step, entry_id in events:
+                index = bisect.bisect_left(positions, _id_key(entry_id))
+                if index == len(history):
+                    lags.append(float("inf"))
+                else:
+                    lags.append(max(0.0, history[index][0] - entry_seconds(entry_id)))
+        return lags

@@ -1,0 +1,101 @@
+"""Events/s from XADD to committed state and written rows, beside a raw pipelined XADD loop.
+
+100 jobs x 1,000 events (``train_begin``, train logs with an eval every 10 steps,
+``train_end``) are XADDed interleaved, in pipelined chunks of 1,000, while one pump, one
+``rq worker scoring`` and one ``rq worker sink`` run. The clock stops when every job's
+committed cursor is its last entry and its row is written (``written_version == version``).
+The raw figure XADDs the same payloads to other keys, pipelined, against the same server,
+once before the pipeline starts and once after it finished; the faster of the two counts.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from typing import Any
+
+from producer.wire import EVENT_FIELD
+
+from .common import Context, Figure, JobEvents, Pipeline, _id_key, sqlite_reader, xadd_all
+
+NAMES = ("events_per_s", "raw_xadd_per_s", "throughput_ratio")
+
+
+def sizes(quick: bool) -> dict[str, Any]:
+    return {"jobs": 30 if quick else 100, "events_per_job": 1000, "timeout_s": 60 if quick else 300}
+
+
+def run(ctx: Context) -> list[Figure]:
+    size = ctx.sizes["throughput"]
+    jobs = [f"tp-{i:04d}" for i in range(size["jobs"])]
+    streams = [(job, JobEvents(job).take(size["events_per_job"], end=True)) for job in jobs]
+    total = sum(len(events) for _, events in streams)
+    with Pipeline(ctx, "throughput", scoring=1, sink=1) as pipeline:
+        pipeline.register(jobs)
+        raw_before = raw_xadd_rate(pipeline.client, streams)
+        pipeline.start_processes()
+        start = time.monotonic()
+        ids = xadd_all(pipeline.client, streams)
+        xadd_s = time.monotonic() - start
+        last = {job: job_ids[-1].decode() for job, job_ids in zip(jobs, ids, strict=True)}
+        finished = True
+        deadline = start + size["timeout_s"]
+        while not pipeline.caught_up(last):
+            if time.monotonic() > deadline:
+                finished = False
+                break
+            time.sleep(0.02)
+        elapsed = time.monotonic() - start
+        committed = _committed(pipeline, jobs, ids) if not finished else total
+        raw_after = raw_xadd_rate(pipeline.client, streams)
+        with sqlite_reader(pipeline.db_path) as conn:
+            completed = conn.execute(
+                "SELECT count(*) FROM local_training_jobs WHERE status = 'completed'"
+            ).fetchone()[0]
+    rate = committed / elapsed
+    raw = max(raw_before, raw_after)
+    ctx.details["throughput"] = {
+        "events": total,
+        "finished": finished,
+        "elapsed_s": round(elapsed, 2),
+        "xadd_phase_s": round(xadd_s, 2),
+        "raw_xadd_per_s_before_after": [round(raw_before), round(raw_after)],
+        "rows_completed": completed,
+        "workers": "1 pump, 1 rq worker scoring, 1 rq worker sink",
+    }
+    note = f"{len(jobs)} jobs x {size['events_per_job']:,} events, SQLite sink" + (
+        "" if finished else f"; NOT caught up after {size['timeout_s']} s"
+    )
+    return [
+        Figure("events_per_s", rate, "ev/s", "info", None, note),
+        Figure("raw_xadd_per_s", raw, "ev/s", "info", None, "same payloads, pipelined by 1,000"),
+        Figure("throughput_ratio", rate / raw, "", ">=", 0.2, "events_per_s / raw_xadd_per_s"),
+    ]
+
+
+def raw_xadd_rate(client: Any, streams: list[tuple[str, list[str]]], chunk: int = 1000) -> float:
+    """XADD every payload to ``bench:raw:<job>`` keys, pipelined; return entries per second."""
+    names = [f"bench:raw:{job}" for job, _ in streams]
+    longest = max(len(events) for _, events in streams)
+    start = time.monotonic()
+    pipe = client.pipeline(transaction=False)
+    queued = 0
+    for index in range(longest):
+        for name, (_, events) in zip(names, streams, strict=True):
+            if index < len(events):
+                pipe.xadd(name, {EVENT_FIELD: events[index]})
+                queued += 1
+                if queued % chunk == 0:
+                    pipe.execute()
+    pipe.execute()
+    seconds = time.monotonic() - start
+    client.delete(*names)
+    return queued / seconds
+
+
+def _committed(pipeline: Pipeline, jobs: list[str], ids: list[list[bytes]]) -> int:
+    count = 0
+    for job_ids, (cursor, *_rest) in zip(ids, pipeline.levels(jobs), strict=True):
+        if cursor:
+            count += bisect.bisect_right([_id_key(i) for i in job_ids], _id_key(cursor))
+    return count

@@ -1,0 +1,95 @@
+"""Fixtures of the chaos experiments: private servers that can be stopped and restarted, and
+the pipeline's real processes."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from scorer_worker.local_redis import LocalRedis, free_port
+from sink.local_postgres import LocalPostgres
+from sink.migrate import run_migrations
+
+from .harness import Pipeline, pipeline_env
+
+
+@pytest.fixture(scope="session")
+def chaos_postgres() -> Iterator[LocalPostgres]:
+    """One private PostgreSQL server for the chaos session, on a fixed port (restartable)."""
+    server = LocalPostgres(port=free_port()).start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def make_database(chaos_postgres: LocalPostgres) -> Callable[[str], str]:
+    """Create a fresh database with the migrations applied; returns its URL."""
+
+    def make(prefix: str = "chaos") -> str:
+        url = chaos_postgres.create_database(f"{prefix}_{uuid.uuid4().hex[:12]}")
+        run_migrations(url)
+        return url
+
+    return make
+
+
+@pytest.fixture
+def make_redis(tmp_path: Path) -> Iterator[Callable[..., LocalRedis]]:
+    """Start private redis-servers with AOF on and a fixed port, so a restart keeps the URL."""
+    servers: list[LocalRedis] = []
+
+    def make(name: str = "redis", extra_args: list[str] | None = None) -> LocalRedis:
+        server = LocalRedis(
+            tmp_path / name, appendonly=True, port=free_port(), extra_args=extra_args
+        )
+        servers.append(server.start())
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def chaos_redis(make_redis: Callable[..., LocalRedis]) -> LocalRedis:
+    """The experiment's redis-server (AOF on, fixed port)."""
+    return make_redis("redis")
+
+
+@pytest.fixture
+def client(chaos_redis: LocalRedis) -> Iterator[redis.Redis]:
+    """A client of the experiment's redis-server."""
+    connection = redis.Redis.from_url(chaos_redis.url, socket_timeout=10)
+    yield connection
+    connection.close()
+
+
+@pytest.fixture
+def make_pipeline(tmp_path: Path) -> Iterator[Callable[..., Pipeline]]:
+    """Start the real processes; every one still running is stopped at the end."""
+    started: list[Pipeline] = []
+
+    def make(
+        redis_url: str,
+        sink_url: str,
+        *,
+        probes: bool = False,
+        scoring: int = 2,
+        sink: int = 2,
+        **tunables: object,
+    ) -> Pipeline:
+        probe_dir = tmp_path / "probes" if probes else None
+        if probe_dir is not None:
+            probe_dir.mkdir(exist_ok=True)
+        env = pipeline_env(redis_url, sink_url, probe_dir, **tunables)
+        pipeline = Pipeline(env, tmp_path / "logs", scoring=scoring, sink=sink)
+        started.append(pipeline)
+        return pipeline.start()
+
+    yield make
+    for pipeline in started:
+        pipeline.stop()

@@ -1,0 +1,168 @@
+"""Experiment 1, crash anywhere: SIGKILL the pump, scoring and sink workers at random instants
+and in aimed phases while 100 jobs publish 500 events each; the rows must equal those of a
+fault-free run of the same events, with no dead letters.
+
+Kills are aimed as well as random (``inject/sitecustomize.py`` marks the phases):
+* ``post-commit``: a scoring work-horse has committed state and cursor and lingers before it
+  enqueues the sink flush: killed between the state commit and the sink flush;
+* ``mid-flush``: a sink work-horse is inside ``PostgresWriter.write``; a PostgreSQL trigger
+  makes 30 % of row UPDATEs ``pg_sleep`` 0.4 s, so the kill lands inside the transaction;
+* ``task-start``: a worker took a task from the queue and has not started it (the task's
+  queued marker is still set): the job's next task waits for the marker's TTL;
+* random kills of a sink worker are also labelled when some job was committed but not yet
+  flushed at that instant.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from datetime import UTC, datetime
+
+import pytest
+import redis
+from rq.registry import FailedJobRegistry
+
+from .harness import (
+    Chaos,
+    compare_runs,
+    count_writes,
+    dead_letter_count,
+    make_jobs,
+    pg_execute,
+    record,
+    reference_run,
+    setup_jobs,
+    slow_writes,
+    synthetic_run,
+    wait_converged,
+    xadd_many,
+)
+
+pytestmark = pytest.mark.chaos
+
+JOBS, EVENTS_PER_JOB, MIN_KILLS = 100, 500, 30
+CHUNK, ROUND_PAUSE_S = 10, 0.5  # 50 rounds of 10 events per job: publishing spans ~25 s
+FAST = {"queued_marker_ttl_s": 5, "flush_lock_ttl_s": 5}
+# Each kind of kill, how many: 36 in all, a third of them aimed at a phase.
+PLAN = {
+    "pump": 7,
+    "scoring": 7,
+    "sink": 7,
+    "post-commit": 6,
+    "mid-flush": 6,
+    "task-start": 3,
+}
+
+
+def chaos_seed() -> int:
+    seed = int(os.environ.get("CKPT_CHAOS_SEED") or random.SystemRandom().randrange(10**6))
+    print(f"chaos seed {seed} (rerun with CKPT_CHAOS_SEED={seed})")
+    return seed
+
+
+def publish_gradually(url: str, jobs, events, done: threading.Event) -> None:
+    client = redis.Redis.from_url(url)
+    try:
+        for start in range(0, EVENTS_PER_JOB, CHUNK):
+            for job in jobs:
+                xadd_many(client, job.id, events[job.id][start : start + CHUNK])
+            time.sleep(ROUND_PAUSE_S)
+    finally:
+        client.close()
+        done.set()
+
+
+def test_crash_anywhere_rows_equal_a_fault_free_run(
+    make_redis, make_database, make_pipeline, tmp_path
+):
+    seed = chaos_seed()
+    rng = random.Random(seed)
+    jobs = make_jobs(JOBS, seed)
+    ids = [job.id for job in jobs]
+    events = {job.id: synthetic_run(job.id, seed, EVENTS_PER_JOB) for job in jobs}
+    replays = sum(len(e) - len(set(e)) for e in events.values())
+
+    reference_db = make_database("reference")
+    reference_redis = make_redis("reference")
+    reference_s = reference_run(reference_redis.url, reference_db, jobs, events)
+    reference_redis.stop()
+
+    server, db = make_redis("redis"), make_database("crash")
+    client = redis.Redis.from_url(server.url)
+    setup_jobs(db, client, jobs)
+    count_writes(db)
+    slow_writes(db, fraction=0.3, seconds=0.4)
+    pipeline = make_pipeline(server.url, db, probes=True, **FAST)
+    chaos = Chaos(pipeline, client, tmp_path / "probes", rng, ids)
+    published = threading.Event()
+    publisher = threading.Thread(
+        target=publish_gradually, args=(server.url, jobs, events, published), daemon=True
+    )
+    run_start = time.monotonic()
+    publisher.start()
+
+    schedule = [kind for kind, n in PLAN.items() for _ in range(n)]
+    rng.shuffle(schedule)
+    for kind in schedule:
+        time.sleep(rng.uniform(0.2, 0.8))
+        chaos.kill(kind)
+    while not published.is_set():  # keep killing until the last event is published
+        time.sleep(rng.uniform(0.2, 0.8))
+        chaos.kill(rng.choice(["pump", "scoring", "sink"]))
+    publisher.join()
+
+    converge_s = wait_converged(client, ids, timeout_s=60)
+    since_last_fault = time.monotonic() - chaos.last_fault
+    run_s = time.monotonic() - run_start
+    exited = pipeline.check_alive()
+    comparison = compare_runs(db, reference_db, ids)
+    dead = dead_letter_count(client)
+    abandoned = sum(len(FailedJobRegistry(q, connection=client)) for q in ("scoring", "sink"))
+    writes = int(pg_execute(db, "SELECT count(*) FROM chaos_writes")[0][0])
+    reference_versions = int(
+        pg_execute(reference_db, "SELECT sum(scoring_version) FROM local_training_jobs")[0][0]
+    )
+    kills = pipeline.kills()
+
+    record(
+        "1-crash-anywhere",
+        {
+            "title": "Crash anywhere",
+            "seed": seed,
+            "jobs": JOBS,
+            "events_per_job": EVENTS_PER_JOB,
+            "events_published": sum(len(e) for e in events.values()),
+            "replayed_events_in_streams": replays,
+            "kills_total": sum(kills.values()),
+            "kills_by_role": kills,
+            "kills_by_kind": chaos.by_kind(),
+            "aimed_phase_not_seen": chaos.misses,
+            "restarts": sum(kills.values()),
+            "tunables": FAST,
+            "slow_row_updates": "30% of row UPDATEs pg_sleep 0.4 s inside the transaction",
+            "run_seconds": round(run_s, 1),
+            "converged_seconds_after_last_fault": round(since_last_fault, 1),
+            "reference_run_seconds": round(reference_s, 1),
+            "row_writes": writes,
+            "row_writes_reference": reference_versions,
+            "rq_jobs_abandoned_by_killed_workers": abandoned,
+            "dead_letters": dead,
+            "processes_that_exited_by_themselves": exited,
+            **comparison.summary(),
+            "lost": comparison.lost,
+            "duplicates": comparison.duplicate_metric_rows,
+            "kill_log": [k.__dict__ for k in chaos.kills],
+            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
+    )
+    print(f"{sum(kills.values())} kills {kills} {chaos.by_kind()}; converged in {converge_s:.1f}s")
+    assert since_last_fault < 60
+    assert sum(kills.values()) >= MIN_KILLS
+    assert all(kills[role] > 0 for role in ("pump", "scoring", "sink"))
+    assert not exited, f"processes exited on their own: {exited}"
+    assert comparison.lost == 0, comparison.examples[:5]
+    assert comparison.duplicate_metric_rows == 0
+    assert dead == 0
