@@ -101,7 +101,9 @@ class CheckpointEventsCallback(TrainerCallback):
         self._summary = {}
         self._emit(state, TRAIN_BEGIN, info=info)
 
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any):
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any
+    ) -> None:
         """Publish a ``train_log`` for training logs; keep the end-of-run summary for later."""
         logs = logs or {}
         if any(name.startswith("eval_") for name in logs):

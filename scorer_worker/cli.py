@@ -328,7 +328,15 @@ def launch(
     click.echo(_dump(_launch(settings, spec, script, job_token, api_key, options, send)))
 
 
-def _launch(settings, spec, script, job_token, api_key, options, send) -> dict[str, Any]:
+def _launch(
+    settings: Settings,
+    spec: dict[str, Any],
+    script: str,
+    job_token: str,
+    api_key: str,
+    options: Any,
+    send: Any,
+) -> dict[str, Any]:
     from remote.launch import LaunchError, build_request
 
     from .registry import drop_pod_user, register_job

@@ -17,7 +17,9 @@ class DemoProgress(TrainerCallback):
         self.settings = settings
         self.job_id = job_id
 
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any):
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any
+    ) -> None:
         """Print the training loss of each log step."""
         logs = logs or {}
         if "loss" in logs:
@@ -27,7 +29,7 @@ class DemoProgress(TrainerCallback):
 
     def on_evaluate(
         self, args: Any, state: Any, control: Any, metrics: dict | None = None, **kwargs
-    ):
+    ) -> None:
         """Print the eval loss and the best checkpoint the row names so far."""
         eval_loss = (metrics or {}).get("eval_loss", float("nan"))
         click.echo(f"  step {state.global_step:>4}  eval loss {eval_loss:.4f}   {self._live_row()}")

@@ -120,7 +120,10 @@ class Pump:
             levels.append((int(length), int(version or 0), int(written or 0), _text(status)))
         return levels
 
-    def _reconcile(self, job_id: str, length: int, version: int, written: int, status, result):
+    def _reconcile(
+        self, job_id: str, length: int, version: int, written: int, status: str | None,
+        result: PassResult,
+    ) -> None:  # fmt: skip
         settings = self.settings
         if length > 0:
             result.behind_scoring += 1

@@ -44,7 +44,12 @@ def run_all_in_one(
 
 
 def _loop(
-    pump: Pump, queues: list[Queue], redis: Any, settings: Settings, burst: bool, stop
+    pump: Pump,
+    queues: list[Queue],
+    redis: Any,
+    settings: Settings,
+    burst: bool,
+    stop: threading.Event,
 ) -> int:
     passes = 0
     _stop_on_signals(stop)

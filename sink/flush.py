@@ -94,7 +94,16 @@ def _flush_locked(
             writer.close()
 
 
-def _write(redis, job_id, token, state, written, settings, writer, sleep) -> FlushResult:
+def _write(
+    redis: Any,
+    job_id: str,
+    token: str,
+    state: JobState,
+    written: int,
+    settings: Settings,
+    writer: Any,
+    sleep: _LockRenewer,
+) -> FlushResult:
     row, metrics = job_row(state), metric_rows(state, since_version=written)
     try:
         outcome = retrying_write(

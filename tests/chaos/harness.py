@@ -99,7 +99,7 @@ class Proc:
         return f"{self.role}-{self.index}"
 
     @property
-    def pgid(self) -> int | None:
+    def pid(self) -> int | None:
         return self.popen.pid if self.popen is not None else None
 
     @property
@@ -125,28 +125,56 @@ class Proc:
         return self
 
     def kill(self) -> None:
-        """SIGKILL the whole group (worker and work-horse), as a crash or OOM kill would."""
+        """SIGKILL the process and its work-horse, as a crash, an OOM kill or a lost machine
+        would. RQ puts each work-horse in a session of its own, so the group is frozen first
+        (no new fork), the horse found among its children, and every one killed."""
         if self.popen is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, signal.SIGKILL)
+        _kill_tree(self.popen.pid)
         self.popen.wait()
         self.kills += 1
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """SIGTERM the group (a clean shutdown), SIGKILL if it lingers."""
+        """SIGTERM the process (a clean shutdown: RQ lets the running task finish), then
+        SIGKILL whatever is left."""
         if self.popen is None:
             return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.popen.pid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait()
-        with contextlib.suppress(ProcessLookupError):  # a work-horse left behind
-            os.killpg(self.popen.pid, signal.SIGKILL)
+        _kill_tree(self.popen.pid)
+        self.popen.wait()
+
+
+def _kill_tree(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGSTOP)
+    for victim in [pid, *descendants(pid)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (from /proc), whatever its session."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 class Pipeline:
@@ -178,8 +206,8 @@ class Pipeline:
         for proc in self.all():
             proc.stop()
 
-    def by_pgid(self, pgid: int) -> Proc | None:
-        return next((p for p in self.all() if p.pgid == pgid and p.alive), None)
+    def by_pid(self, pid: int) -> Proc | None:
+        return next((p for p in self.all() if p.pid == pid and p.alive), None)
 
     def kill_and_restart(self, proc: Proc, pause_s: float = 0.0) -> None:
         proc.kill()
@@ -504,7 +532,8 @@ def writes_since(url: str, since: datetime) -> int:
 
 
 def probes(probe_dir: Path, phase: str) -> list[int]:
-    """Process groups currently in ``phase`` (``post-commit`` or ``flush``)."""
+    """Worker processes whose work-horse is in ``phase`` now (``post-commit``, ``flush``,
+    ``task-start``)."""
     found = []
     for path in probe_dir.glob(f"*.{phase}"):
         with contextlib.suppress(ValueError):
@@ -661,9 +690,9 @@ class Chaos:
         while time.monotonic() < deadline:
             found = probes(self.probe_dir, phase)
             self.rng.shuffle(found)
-            for pgid in found:
-                proc = self.pipeline.by_pgid(pgid)
-                if proc is not None and (self.probe_dir / f"{pgid}.{phase}").exists():
+            for pid in found:
+                proc = self.pipeline.by_pid(pid)
+                if proc is not None and (self.probe_dir / f"{pid}.{phase}").exists():
                     return proc
             time.sleep(0.01)
         return None

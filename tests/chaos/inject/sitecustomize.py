@@ -4,12 +4,15 @@ The experiments put this folder first on PYTHONPATH, so Python imports this modu
 in ``ckpt-pipeline pump`` and ``rq worker`` (and the work-horses RQ forks inherit it). It
 changes no behaviour of the pipeline; it marks phases so a kill can be aimed at them:
 
+Marks are files ``<pid>.<phase>`` in ``CKPT_CHAOS_PROBE_DIR``, named after the worker process
+whose work-horse (its child) is in the phase:
+
 * ``CKPT_CHAOS_PROBE_DIR``: after a successful state commit, a fraction
-  (``CKPT_CHAOS_POST_COMMIT_P``) of drains create ``<pgid>.post-commit`` and linger
+  (``CKPT_CHAOS_POST_COMMIT_P``) of drains create ``<pid>.post-commit`` and linger
   ``CKPT_CHAOS_POST_COMMIT_S`` seconds before going on to ask for the sink flush: a kill then
   lands between the state commit and the flush. Every PostgreSQL write creates
-  ``<pgid>.flush`` for as long as it runs: a kill then lands inside the sink's transaction.
-  A fraction (``CKPT_CHAOS_TASK_START_P``) of tasks create ``<pgid>.task-start`` and linger
+  ``<pid>.flush`` for as long as it runs: a kill then lands inside the sink's transaction.
+  A fraction (``CKPT_CHAOS_TASK_START_P``) of tasks create ``<pid>.task-start`` and linger
   before they clear their queued marker: a kill then lands after the worker took the task
   from the queue and before the task started, the window in which a dead worker holds it.
 * ``CKPT_CHAOS_POISON``: an ``eval`` event whose metrics hold ``chaos_poison`` makes scoring
@@ -38,7 +41,7 @@ def _install_probes(folder: Path) -> None:
     def probed_commit(self, *args, **kwargs):
         commit(self, *args, **kwargs)
         if _RNG.random() < fraction:
-            mark = folder / f"{os.getpgrp()}.post-commit"
+            mark = folder / f"{os.getppid()}.post-commit"
             mark.touch()
             try:
                 time.sleep(linger)
@@ -46,7 +49,7 @@ def _install_probes(folder: Path) -> None:
                 mark.unlink(missing_ok=True)
 
     def probed_write(self, *args, **kwargs):
-        mark = folder / f"{os.getpgrp()}.flush"
+        mark = folder / f"{os.getppid()}.flush"
         mark.touch()
         try:
             return write(self, *args, **kwargs)
@@ -68,7 +71,7 @@ def _probe_task_start(folder: Path, linger: float) -> None:
 
         def probed_clear(*args, _clear=clear, **kwargs):
             if _RNG.random() < fraction:
-                mark = folder / f"{os.getpgrp()}.task-start"
+                mark = folder / f"{os.getppid()}.task-start"
                 mark.touch()
                 try:
                     time.sleep(linger)
