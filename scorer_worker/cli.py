@@ -25,10 +25,10 @@ def _settings() -> Settings:
     return Settings.from_env()
 
 
-def _redis(settings: Settings) -> Any:
+def _redis(settings: Settings, *, ride_out_outages: bool = False) -> Any:
     from .connection import connect
 
-    return connect(settings)
+    return connect(settings, ride_out_outages=ride_out_outages)
 
 
 def _json_default(value: Any) -> Any:
@@ -163,7 +163,9 @@ def pump(burst: bool, shard: str) -> None:
 
     index, _, count = shard.partition("/")
     settings = _settings()
-    reconciler = Pump(_redis(settings), settings, int(index), int(count or 1))
+    reconciler = Pump(
+        _redis(settings, ride_out_outages=not burst), settings, int(index), int(count or 1)
+    )
     if burst:
         result = reconciler.run_once()
         click.echo(
@@ -181,7 +183,7 @@ def work(burst: bool) -> None:
     from .runner import run_all_in_one
 
     settings = _settings()
-    passes = run_all_in_one(_redis(settings), settings, burst=burst)
+    passes = run_all_in_one(_redis(settings, ride_out_outages=True), settings, burst=burst)
     if burst:
         click.echo(f"work: idle after {passes} passes")
 

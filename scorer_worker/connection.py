@@ -1,23 +1,73 @@
-"""Redis connections for tasks: the worker's own connection, else one from the settings."""
+"""Redis connections for tasks: the worker's own connection, else one from the settings.
+
+:class:`RetryingRedis` rides out a Redis restart: RQ workers quit when Redis fails them in
+the middle of a task (RQ expects a supervisor to restart them), so the Procfile runs them
+with ``--connection-class scorer_worker.connection.RetryingRedis`` and they wait for Redis
+instead.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 from rq import get_current_job
 
 from .settings import Settings
 
+RETRY_FIRST_WAIT_S = 0.05
+RETRY_MAX_WAIT_S = 1.0
 
-def connect(settings: Settings) -> redis.Redis:
-    """Open a Redis client for ``settings.redis_url`` with health checks and timeouts."""
-    return redis.Redis.from_url(
+
+def outage_retry(seconds: float) -> Retry:
+    """A redis-py retry policy that keeps retrying connection errors and timeouts (including
+    ``LOADING`` while a restarted server reads its AOF) for about ``seconds``.
+
+    Waits double from 0.1 s up to 1 s, so service resumes within a second of Redis's return.
+    """
+    backoff = ExponentialBackoff(cap=RETRY_MAX_WAIT_S, base=RETRY_FIRST_WAIT_S)
+    retries, waited = 0, 0.0
+    while waited < seconds:
+        retries += 1
+        waited += backoff.compute(retries)
+    return Retry(backoff, retries)
+
+
+class RetryingRedis(redis.Redis):
+    """A ``redis.Redis`` whose commands wait through a Redis outage of up to
+    ``CKPT_REDIS_RETRY_S`` seconds (default 60) instead of failing.
+
+    For RQ: ``rq worker QUEUE --url $REDIS_URL --connection-class
+    scorer_worker.connection.RetryingRedis`` (or ``RQ_CONNECTION_CLASS`` in the environment).
+    A command whose reply was lost may be applied twice when retried; what the pipeline
+    sends through it tolerates that (tasks are idempotent, markers and locks are SET NX), and
+    redis-py does not retry a transaction that WATCHes: the drain sees a conflict and re-reads.
+    """
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> RetryingRedis:
+        kwargs.setdefault("retry", outage_retry(Settings.from_env().redis_retry_s))
+        return super().from_url(url, **kwargs)
+
+
+def connect(settings: Settings, *, ride_out_outages: bool = False) -> redis.Redis:
+    """Open a Redis client for ``settings.redis_url`` with health checks and timeouts.
+
+    Args:
+        settings: the URL, and how long long-running processes wait through an outage.
+        ride_out_outages: retry through an outage of ``settings.redis_retry_s`` (for the
+            pump and the all-in-one worker); one-shot commands fail fast instead.
+    """
+    kwargs: dict[str, Any] = {"retry": outage_retry(settings.redis_retry_s)}
+    return (RetryingRedis if ride_out_outages else redis.Redis).from_url(
         settings.redis_url,
         socket_timeout=10,
         socket_connect_timeout=5,
         health_check_interval=30,
         retry_on_timeout=True,
+        **(kwargs if ride_out_outages else {}),
     )
 
 

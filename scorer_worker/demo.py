@@ -26,6 +26,7 @@ from .ranking import Decision, decide
 from .scoring import get_profile
 from .settings import Settings
 from .state import JobState
+from .store import load_state
 
 CONVERGE_TIMEOUT_S = 60.0
 
@@ -56,7 +57,7 @@ def run_demo(workdir: Path) -> dict[str, Any]:
         with _workers(env, redis_url is not None):
             _train(workdir, job_id, redis_url, client, settings)
             row = _wait_for_row(settings, client, job_id)
-        state = JobState.from_json(client.get(f"ckpt:{{{job_id}}}:state"))
+        state = load_state(client, job_id)
         decision = decide(state, get_profile(state.profile))
         _report(workdir, state, decision, row)
         return row

@@ -7,10 +7,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from redis.exceptions import WatchError
+
 from . import keys
 from .deadletter import DeadLetter, make_dead_letter
 from .errors import InvalidEvent, PoisonEvent, StateConflict
-from .models import decode_entry
+from .models import WireEvent, decode_entry
 from .settings import Settings
 from .store import StateTransaction
 
@@ -45,8 +47,10 @@ def drain_job(redis: Any, job_id: str, settings: Settings) -> DrainResult:
             batch_size = _drain_batch(redis, job_id, settings, result, secrets)
         except _PoisonGaveUp:
             continue  # re-read the batch: the poison event is now dead-lettered unapplied
-        except StateConflict:
-            conflicts += 1  # a concurrent drain of the same job committed first: re-read
+        except (StateConflict, WatchError):
+            # A concurrent drain of the same job committed first, or the connection dropped
+            # while the state was watched (redis-py then raises WatchError): re-read.
+            conflicts += 1
             if conflicts > MAX_CONFLICT_RETRIES:
                 raise
             continue
@@ -65,15 +69,19 @@ def _drain_batch(
             result.version = txn.state.version
             return 0
         given_up = _poison_given_up(redis, job_id, settings.poison_max_attempts)
+        decoded = [(entry_id, fields, _decode(job_id, fields)) for entry_id, fields in entries]
+        txn.load_for(e for entry_id, _, e in decoded if isinstance(e, WireEvent))
         dead: list[DeadLetter] = []
         changed = False
-        for entry_id, fields in entries:
+        for entry_id, fields, event in decoded:
             if entry_id in given_up:
                 reason, raw = given_up[entry_id], fields.get(b"event", fields.get("event"))
+            elif isinstance(event, InvalidEvent):
+                reason, raw = event.reason, event.raw
             else:
-                reason, raw = _fold(txn.state, job_id, entry_id, fields, redis, settings)
+                reason, raw = None, _apply(txn.state, job_id, entry_id, event, redis, settings)
             if reason is None:
-                changed = True if raw else changed
+                changed = changed or raw
             else:
                 cap = settings.dead_payload_max_bytes
                 dead.append(make_dead_letter(job_id, entry_id, reason, raw, cap, secrets))
@@ -90,26 +98,29 @@ def _drain_batch(
     return len(entries)
 
 
+def _decode(job_id: str, fields: dict) -> WireEvent | InvalidEvent:
+    try:
+        return decode_entry(fields, job_id)
+    except InvalidEvent as exc:
+        return exc
+
+
 def _secrets(redis: Any, job_id: str) -> tuple[str, ...]:
     values = redis.hmget(keys.meta(job_id), "token", "pod_password")
     return tuple(v.decode() if isinstance(v, bytes) else v for v in values if v)
 
 
-def _fold(
-    state: Any, job_id: str, entry_id: str, fields: dict, redis: Any, settings: Settings
-) -> tuple[str | None, Any]:
-    """Apply one entry. Returns (None, changed) or (reason, raw payload) for a dead letter.
+def _apply(
+    state: Any, job_id: str, entry_id: str, event: WireEvent, redis: Any, settings: Settings
+) -> bool:
+    """Apply one valid event; return whether the state changed.
 
     Raises:
-        PoisonEvent: applying a valid event raised; the batch is abandoned uncommitted and
-            retried, up to ``settings.poison_max_attempts`` times.
+        PoisonEvent: applying it raised; the batch is abandoned uncommitted and retried, up
+            to ``settings.poison_max_attempts`` times.
     """
     try:
-        event = decode_entry(fields, job_id)
-    except InvalidEvent as exc:
-        return exc.reason, exc.raw
-    try:
-        return None, state.apply(event)
+        return state.apply(event)
     except Exception as exc:  # a scoring bug: retry a few times, then dead-letter the event
         reason = f"scoring raised {type(exc).__name__}: {exc}"
         attempts = _count_poison(redis, job_id, entry_id, reason)

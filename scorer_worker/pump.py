@@ -21,6 +21,7 @@ from . import keys
 from .dispatch import enqueue_once
 from .registry import drop_pod_user
 from .settings import Settings
+from .store import compact_state
 
 log = logging.getLogger(__name__)
 STREAM_PATTERN = "ckpt:{*}:events"
@@ -137,6 +138,7 @@ class Pump:
             # Finished, drained and written: stop polling it, and the pod's credentials go.
             self.redis.srem(keys.JOBS, job_id)
             drop_pod_user(self.redis, job_id)
+            compact_state(self.redis, job_id)
             result.retired += 1
 
 

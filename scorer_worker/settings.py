@@ -41,6 +41,9 @@ class Settings:
     poison_max_attempts: int = 3
     sink_retry_attempts: int = 5
     sink_retry_max_s: float = 10.0
+    # How long long-running processes (RQ workers with RetryingRedis, the pump) wait through a
+    # Redis outage before a Redis error surfaces.
+    redis_retry_s: float = 60.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

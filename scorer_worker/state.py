@@ -11,6 +11,7 @@ together with it.
 from __future__ import annotations
 
 import json
+import zlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -18,6 +19,10 @@ from .models import CheckpointInfo, TrainBeginInfo, TrainEndInfo, WireEvent
 
 STATE_FORMAT = 1
 INITIAL_CURSOR = "0-0"
+HEAD_FIELD = "head"
+PACKED_FIELD = "packed"
+# Field prefixes of the per-step records in the state hash: "t:40" is the train log of step 40.
+RECORD_PREFIXES = {"train": "t:", "evals": "e:", "saves": "s:"}
 
 
 @dataclass
@@ -89,6 +94,7 @@ class JobState:
     saves: dict[int, SaveRecord] = field(default_factory=dict)
     end: End | None = None
     dead_letters: int = 0
+    packed: bool = False  # the records are stored compressed (a finished job)
 
     def apply(self, event: WireEvent) -> bool:
         """Fold one validated event into the state.
@@ -235,11 +241,67 @@ class JobState:
             data[name] = {int(step): kind(*values) for step, values in data[name].items()}
         return cls(**data)
 
+    def head_json(self) -> str:
+        """Encode everything but the per-step records (the small part read by every drain)."""
+        data = asdict(self)
+        for name in RECORD_PREFIXES:
+            del data[name]
+        data["format"] = STATE_FORMAT
+        return json.dumps(data, separators=(",", ":"))
+
+    @classmethod
+    def from_head(cls, job_id: str, raw: str | bytes | None, profile: str = "default") -> JobState:
+        """Decode a head written by :meth:`head_json`; no records are loaded yet."""
+        if not raw:
+            return cls(job_id, profile=profile)
+        data = json.loads(raw)
+        data.pop("format", None)
+        data["begins"] = [Begin(**b) for b in data["begins"]]
+        data["end"] = End(**data["end"]) if data["end"] else None
+        return cls(**data)
+
+    def record_fields(self) -> dict[str, str]:
+        """Encode every loaded record as ``{field: json}`` (fields like ``t:40``)."""
+        fields = {}
+        for name, prefix in RECORD_PREFIXES.items():
+            for step, record in getattr(self, name).items():
+                values = [getattr(record, f) for f in record.__dataclass_fields__]
+                fields[f"{prefix}{step}"] = json.dumps(values, separators=(",", ":"))
+        return fields
+
+    def load_records(self, fields: dict[Any, Any]) -> None:
+        """Add records from ``{field: json}`` (as stored in the state hash); None values skip."""
+        kinds = {"t:": (self.train, TrainRecord), "e:": (self.evals, EvalRecord),
+                 "s:": (self.saves, SaveRecord)}  # fmt: skip
+        for key, raw in fields.items():
+            name = key.decode() if isinstance(key, bytes) else key
+            if raw is None or name[:2] not in kinds:
+                continue
+            records, kind = kinds[name[:2]]
+            records[int(name[2:])] = kind(*json.loads(raw))
+
+    @classmethod
+    def from_fields(cls, job_id: str, fields: dict[Any, Any], profile: str = "default") -> JobState:
+        """Decode a whole state hash (head, records, and a packed blob if compacted)."""
+        text = {(k.decode() if isinstance(k, bytes) else k): v for k, v in fields.items()}
+        state = cls.from_head(job_id, text.get(HEAD_FIELD), profile)
+        if text.get(PACKED_FIELD):
+            state.load_records(json.loads(zlib.decompress(text[PACKED_FIELD])))
+        state.load_records(text)
+        state.packed = False
+        return state
+
+    def packed_fields(self) -> dict[str, bytes | str]:
+        """Encode the state compactly: the head plus every record in one zlib blob."""
+        self.packed = True
+        blob = zlib.compress(json.dumps(self.record_fields()).encode(), level=6)
+        return {HEAD_FIELD: self.head_json(), PACKED_FIELD: blob}
+
     def fingerprint(self) -> str:
         """Encode the facts only (no cursor, version or change marks), to compare states."""
         data = json.loads(self.to_json())
-        for name in ("version", "cursor", "dead_letters"):
-            data.pop(name)
+        for name in ("version", "cursor", "dead_letters", "packed"):
+            data.pop(name, None)
         for name in ("train", "evals"):
             data[name] = {step: values[:-1] for step, values in data[name].items()}
         return json.dumps(data, sort_keys=True)

@@ -1,7 +1,15 @@
-"""Reading and committing a job's state: state, cursor and version change in one transaction."""
+"""Reading and committing a job's state: state, cursor and version change in one transaction.
+
+The state is a hash, ``ckpt:{<job>}:state``: a small ``head`` (cursor, version, attempts, end)
+and one field per step record (``t:40``, ``e:40``, ``s:40``). A drain reads the head and only
+the records its batch touches, so applying an event costs the same for a job with ten evals
+as for one with ten thousand. A batch holding a ``train_begin`` (which may drop records of an
+earlier attempt) reads the whole hash. Finished jobs are compacted into one zlib blob.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from redis.exceptions import WatchError
@@ -9,13 +17,19 @@ from redis.exceptions import WatchError
 from . import keys
 from .deadletter import DeadLetter, add_dead_letters
 from .errors import StateConflict
-from .state import JobState
+from .models import WireEvent
+from .state import HEAD_FIELD, RECORD_PREFIXES, JobState
+
+_KIND_PREFIX = {
+    "train_log": RECORD_PREFIXES["train"],
+    "eval": RECORD_PREFIXES["evals"],
+    "checkpoint_saved": RECORD_PREFIXES["saves"],
+}
 
 
 def load_state(redis: Any, job_id: str, profile: str = "default") -> JobState:
-    """Return the committed state of ``job_id`` (a fresh state if none was committed)."""
-    raw = redis.get(keys.state(job_id))
-    return JobState.from_json(raw) if raw else JobState(job_id, profile=profile)
+    """Return the committed state of ``job_id``, all records loaded (fresh if none)."""
+    return JobState.from_fields(job_id, redis.hgetall(keys.state(job_id)), profile)
 
 
 def next_stream_id(entry_id: str) -> str:
@@ -24,20 +38,45 @@ def next_stream_id(entry_id: str) -> str:
     return f"{millis}-{int(seq or 0) + 1}"
 
 
-class StateTransaction:
-    """A WATCH/MULTI transaction over one job's state key.
+def compact_state(redis: Any, job_id: str) -> bool:
+    """Store a finished job's records as one compressed blob; return True if compacted.
 
-    Use as a context manager: read with :attr:`state`, then :meth:`commit`. If another
-    process committed in between, :meth:`commit` raises :class:`StateConflict` and nothing
-    is written.
+    A later event (a replay, say) unpacks it again in the drain that applies it.
+    """
+    key = keys.state(job_id)
+    with redis.pipeline(transaction=True) as pipe:
+        try:
+            pipe.watch(key)
+            fields = pipe.hgetall(key)
+            if len(fields) <= 1 or b"packed" in fields or "packed" in fields:
+                return False
+            packed = JobState.from_fields(job_id, fields).packed_fields()
+            pipe.multi()
+            pipe.delete(key)
+            pipe.hset(key, mapping=packed)
+            pipe.execute()
+            return True
+        except WatchError:
+            return False  # a drain committed meanwhile: the job is live again
+
+
+class StateTransaction:
+    """A WATCH/MULTI transaction over one job's state hash.
+
+    Use as a context manager: :meth:`read_events`, :meth:`load_for` the valid events, fold
+    them into :attr:`state`, then :meth:`commit`. If another process committed in between,
+    :meth:`commit` raises :class:`StateConflict` and nothing is written.
     """
 
     def __init__(self, redis: Any, job_id: str, profile: str = "default") -> None:
         self.job_id = job_id
+        self._key = keys.state(job_id)
         self._pipe = redis.pipeline(transaction=True)
-        self._pipe.watch(keys.state(job_id))
-        raw = self._pipe.get(keys.state(job_id))
-        self.state = JobState.from_json(raw) if raw else JobState(job_id, profile=profile)
+        self._pipe.watch(self._key)
+        head = self._pipe.hget(self._key, HEAD_FIELD)
+        self.state = JobState.from_head(job_id, head, profile)
+        self._loaded: dict[str, str | None] = {}
+        self._full = False
 
     def __enter__(self) -> StateTransaction:
         return self
@@ -50,21 +89,47 @@ class StateTransaction:
         entries = self._pipe.xrange(keys.events(self.job_id), f"({self.state.cursor}", "+", count)
         return [(_text(entry_id), fields) for entry_id, fields in entries]
 
-    def commit(self, dead_letters: list[DeadLetter], clear_fields: list[str] = ()) -> None:
+    def load_for(self, events: Iterable[WireEvent]) -> None:
+        """Load the records that folding ``events`` reads: theirs, or all for a train_begin."""
+        events = list(events)
+        if self.state.packed or any(e.kind == "train_begin" for e in events):
+            self._load_all()
+            return
+        wanted = {f"{_KIND_PREFIX[e.kind]}{e.step}" for e in events if e.kind in _KIND_PREFIX}
+        wanted -= set(self._loaded)
+        if wanted:
+            names = sorted(wanted)
+            values = self._pipe.hmget(self._key, names)
+            found = {name: _text(value) for name, value in zip(names, values, strict=True)}
+            self._loaded.update(found)
+            self.state.load_records(found)
+
+    def _load_all(self) -> None:
+        if self._full:
+            return
+        self.state = JobState.from_fields(
+            self.job_id, self._pipe.hgetall(self._key), self.state.profile
+        )
+        self._loaded = self.state.record_fields()
+        self._full = True
+
+    def commit(self, dead_letters: list[DeadLetter], clear_fields: Iterable[str] = ()) -> None:
         """Write state (with cursor and version), dead letters and the stream trim atomically.
 
         Raises:
             StateConflict: the state changed since it was read.
         """
-        state = self.state
-        pipe = self._pipe
+        state, pipe = self.state, self._pipe
+        fields = state.record_fields()
+        changed = {name: value for name, value in fields.items() if self._loaded.get(name) != value}
         pipe.multi()
-        pipe.set(keys.state(self.job_id), state.to_json())
+        if self._full:
+            pipe.delete(self._key)  # a full load may have dropped records or unpacked a blob
+            changed = fields
+        pipe.hset(self._key, mapping={HEAD_FIELD: state.head_json(), **changed})
         status = state.end.status if state.end else "running"
-        pipe.hset(
-            keys.meta(self.job_id),
-            mapping={"cursor": state.cursor, "version": state.version, "status": status},
-        )
+        meta = {"cursor": state.cursor, "version": state.version, "status": status}
+        pipe.hset(keys.meta(self.job_id), mapping=meta)
         add_dead_letters(pipe, dead_letters)
         for name in clear_fields:  # e.g. the retry counters of a poison event now dead
             pipe.hdel(keys.meta(self.job_id), name, f"{name}:n")
@@ -76,5 +141,5 @@ class StateTransaction:
             raise StateConflict(f"state of {self.job_id} changed concurrently") from None
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+def _text(value: Any) -> Any:
+    return value.decode() if isinstance(value, bytes) else value

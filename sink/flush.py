@@ -14,6 +14,7 @@ from scorer_worker import keys
 from scorer_worker.errors import PermanentSinkError, TransientSinkError
 from scorer_worker.settings import Settings
 from scorer_worker.state import JobState
+from scorer_worker.store import load_state
 
 from .rows import job_row, metric_rows
 from .writers import retrying_write, writer_from_settings
@@ -71,10 +72,9 @@ def _flush_locked(
 ) -> FlushResult:
     meta = {_text(k): _text(v) for k, v in redis.hgetall(keys.meta(job_id)).items()}
     written = int(meta.get("written_version") or 0)
-    raw = redis.get(keys.state(job_id))
-    if raw is None:
+    if not redis.exists(keys.state(job_id)):
         return FlushResult(job_id, "up-to-date")
-    state = JobState.from_json(raw)
+    state = load_state(redis, job_id)
     if state.version <= written:
         return FlushResult(job_id, "up-to-date", state.version)
     token = meta.get("token")

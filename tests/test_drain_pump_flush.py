@@ -6,19 +6,23 @@ import random
 
 import fakeredis
 import pytest
+from hypothesis import given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 from rq import Queue
 
-from producer.events import build_event, encode_event
+from producer.events import build_event, encode_event, wire_number
 from scorer_worker import keys
 from scorer_worker.drain import drain_job
 from scorer_worker.pump import Pump
 from scorer_worker.registry import register_job
 from scorer_worker.settings import Settings
-from scorer_worker.store import StateTransaction, load_state
+from scorer_worker.store import StateTransaction, compact_state, load_state
 from sink.flush import flush_job
 from sink.writers.sqlite import SqliteWriter
 
 from .helpers import JOB, fold
+from .test_order_independence import runs
 
 
 @pytest.fixture
@@ -175,3 +179,51 @@ def test_flush_of_an_unregistered_job_says_so(fake, settings):
 def test_only_one_flush_per_job_at_a_time(fake, settings):
     fake.set(keys.flush_lock(JOB), "someone-else")
     assert flush_job(fake, JOB, settings).outcome == "busy"
+
+
+def to_wire(event) -> dict:
+    """A validated event back in wire form (NaN and infinities as strings)."""
+    data = event.model_dump()
+    data["metrics"] = {k: wire_number(v) for k, v in data["metrics"].items()}
+    return data
+
+
+@hyp_settings(max_examples=40, deadline=None)
+@given(run=runs(), data=st.data())
+def test_drains_in_small_batches_equal_the_pure_fold(run, data):
+    """Partial loading (only the records a batch touches) gives the state of the pure fold."""
+    fake = fakeredis.FakeRedis()
+    settings = Settings(redis_url="redis://unused", drain_batch_events=data.draw(st.integers(1, 7)))
+    events = data.draw(st.permutations(run + data.draw(st.lists(st.sampled_from(run), max_size=5))))
+    half = len(events) // 2
+    publish(fake, [to_wire(e) for e in events[:half]])
+    drain_job(fake, JOB, settings)
+    if data.draw(st.booleans()):
+        compact_state(fake, JOB)  # a compacted job that receives more events is unpacked
+    publish(fake, [to_wire(e) for e in events[half:]])
+    drain_job(fake, JOB, settings)
+    assert load_state(fake, JOB).fingerprint() == fold(run).fingerprint()
+
+
+def test_a_drain_reads_only_the_records_its_batch_touches(fake, settings):
+    publish(fake, raw_run(200))
+    drain_job(fake, JOB, settings)
+    before = len(fake.hkeys(keys.state(JOB)))
+    txn = StateTransaction(fake, JOB)
+    txn.read_events(10)
+    new_eval = build_event("eval", JOB, 5000, 500.0, {"eval_loss": 1.0}, ts=9999)
+    from scorer_worker.models import WireEvent
+
+    txn.load_for([WireEvent.model_validate(new_eval)])
+    assert len(txn.state.evals) + len(txn.state.train) <= 1  # not the 400 records stored
+    assert before > 400
+
+
+def test_compacted_state_is_small_and_loads_back(fake, settings):
+    publish(fake, raw_run(100))
+    drain_job(fake, JOB, settings)
+    full = load_state(fake, JOB)
+    assert compact_state(fake, JOB)
+    assert sorted(k.decode() for k in fake.hkeys(keys.state(JOB))) == ["head", "packed"]
+    assert load_state(fake, JOB).fingerprint() == full.fingerprint()
+    assert not compact_state(fake, JOB)  # already packed

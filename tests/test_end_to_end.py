@@ -43,7 +43,7 @@ def rq_worker(queue: str, env: dict[str, str]) -> None:
     assert done.returncode == 0, done.stderr
 
 
-def converge(env: dict[str, str], rounds: int = 5) -> None:
+def converge(env: dict[str, str], rounds: int = 15) -> None:
     """Alternate `ckpt-pipeline pump --burst` with burst workers until nothing is behind."""
     for _ in range(rounds):
         out = cli("pump", "--burst", env=env)
