@@ -16,24 +16,36 @@ from . import keys
 from .settings import Settings
 
 
-def enqueue_once(redis: Any, queue_name: str, task: str, job_id: str, settings: Settings) -> bool:
-    """Enqueue ``task(job_id)`` on ``queue_name`` unless one is already waiting.
+def enqueue_many(
+    redis: Any, queue_name: str, task: str, job_ids: list[str], settings: Settings
+) -> int:
+    """Enqueue ``task(chunk)`` for the jobs that have no waiting task, in chunks.
+
+    One task per ``settings.dispatch_batch_jobs`` jobs keeps RQ's per-task cost (a job hash,
+    registries, a dequeue) off the per-job path when thousands of jobs are live.
 
     Returns:
-        True when a task was enqueued.
+        How many jobs got a task.
     """
-    marker = keys.queued(job_id, queue_name)
-    if not redis.set(marker, "1", nx=True, ex=settings.queued_marker_ttl_s):
-        return False
-    Queue(queue_name, connection=redis).enqueue(
-        task,
-        job_id,
-        job_timeout=settings.task_timeout_s,
-        result_ttl=0,
-        failure_ttl=24 * 3600,
-        description=f"{task}({job_id})",
-    )
-    return True
+    if not job_ids:
+        return 0
+    pipe = redis.pipeline(transaction=False)
+    for job_id in job_ids:
+        pipe.set(keys.queued(job_id, queue_name), "1", nx=True, ex=settings.queued_marker_ttl_s)
+    claimed = [job for job, ok in zip(job_ids, pipe.execute(), strict=True) if ok]
+    queue = Queue(queue_name, connection=redis)
+    size = max(1, settings.dispatch_batch_jobs)
+    for start in range(0, len(claimed), size):
+        chunk = claimed[start : start + size]
+        queue.enqueue(
+            task,
+            chunk,
+            job_timeout=settings.task_timeout_s,
+            result_ttl=0,
+            failure_ttl=24 * 3600,
+            description=f"{task}({len(chunk)} jobs: {chunk[0]}...)",
+        )
+    return len(claimed)
 
 
 def clear_marker(redis: Any, queue_name: str, job_id: str) -> None:

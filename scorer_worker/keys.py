@@ -8,8 +8,8 @@ JOBS = "ckpt:jobs"
 DEAD = "ckpt:dead"
 SCORING_QUEUE = "scoring"
 SINK_QUEUE = "sink"
-DRAIN_TASK = "scorer_worker.tasks.drain"
-FLUSH_TASK = "sink.tasks.flush"
+DRAIN_JOBS_TASK = "scorer_worker.tasks.drain_jobs"
+FLUSH_JOBS_TASK = "sink.tasks.flush_jobs"
 
 
 def events(job_id: str) -> str:

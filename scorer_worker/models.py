@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from typing import Annotated, Any, Literal
@@ -49,7 +50,14 @@ def _plain_number(value: Any) -> Any:
 
 WireNumber = Annotated[float | None, BeforeValidator(_wire_number)]
 FiniteNumber = Annotated[float, BeforeValidator(_plain_number)]
-Count = Annotated[int, Field(strict=True, ge=0)]
+# Bounds every row can hold: steps and counts go to PostgreSQL integer columns, epochs to one
+# (best_checkpoint_epoch), timestamps must be datetimes (year 9999 at most). A value beyond
+# them would make the job's row unwritable for good, so the event is refused instead.
+MAX_ROW_INT = 2**31 - 1
+MAX_TS = 253_402_300_799.0  # 9999-12-31T23:59:59Z
+Count = Annotated[int, Field(strict=True, ge=0, le=MAX_ROW_INT)]
+Epoch = Annotated[FiniteNumber, Field(ge=0, le=MAX_ROW_INT)]
+Timestamp = Annotated[FiniteNumber, Field(ge=0, le=MAX_TS)]
 
 
 class _Info(BaseModel):
@@ -96,10 +104,10 @@ class WireEvent(BaseModel):
     job_id: Annotated[str, Field(pattern=rf"^{JOB_ID_PATTERN}$")]
     kind: Literal["train_begin", "train_log", "eval", "checkpoint_saved", "train_end"]
     step: Count
-    epoch: Annotated[FiniteNumber, Field(ge=0)] | None = None
-    ts: FiniteNumber
+    epoch: Epoch | None = None
+    ts: Timestamp
     metrics: dict[str, WireNumber] = {}
-    info: Any = None
+    info: Any = Field(default=None, validate_default=True)  # a missing info is validated too
 
     @field_validator("info", mode="before")
     @classmethod
@@ -125,6 +133,18 @@ def decode_event(raw: bytes | str, stream_job_id: str) -> WireEvent:
     size = len(raw.encode("utf-8") if isinstance(raw, str) else raw)
     if size > MAX_EVENT_BYTES:
         raise InvalidEvent(f"payload of {size} bytes exceeds {MAX_EVENT_BYTES}", raw)
+    event = None
+    text = raw if isinstance(raw, bytes) else raw.encode("utf-8", errors="replace")
+    if b"NaN" not in text and b"Infinity" not in text:  # pydantic's parser accepts bare NaN
+        with contextlib.suppress(ValueError):  # the slow path says precisely what is wrong
+            # Fast path: pydantic-core parses and validates in one pass.
+            event = WireEvent.model_validate_json(raw)
+    if event is not None and event.v == WIRE_VERSION:
+        if event.job_id != stream_job_id:
+            raise InvalidEvent(
+                f"job_id {event.job_id!r} does not match stream job {stream_job_id!r}", raw
+            )
+        return event
     try:
         payload = json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as exc:

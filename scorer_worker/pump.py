@@ -18,7 +18,8 @@ from typing import Any
 from producer.wire import job_of_stream_key
 
 from . import keys
-from .dispatch import enqueue_once
+from .dispatch import enqueue_many
+from .levels import read_levels
 from .registry import drop_pod_user
 from .settings import Settings
 from .store import compact_state
@@ -73,10 +74,25 @@ class Pump:
             self.discover()
         jobs = sorted(j for j in (_text(m) for m in self.redis.smembers(keys.JOBS)) if self.owns(j))
         result = PassResult(jobs=len(jobs))
-        for job_id, (length, version, written, status) in zip(
-            jobs, self._levels(jobs), strict=True
-        ):
-            self._reconcile(job_id, length, version, written, status, result)
+        drains, flushes, now = [], [], time.time()
+        for job_id, levels in zip(jobs, read_levels(self.redis, jobs), strict=True):
+            if levels.undrained > 0:
+                drains.append(job_id)
+            if levels.version > levels.written:
+                result.behind_sink += 1
+                if levels.flush_due(now, self.settings.flush_min_interval_s):
+                    flushes.append(job_id)
+            elif levels.undrained == 0 and levels.finished:
+                self._retire(job_id)
+                result.retired += 1
+        settings = self.settings
+        result.behind_scoring = len(drains)
+        result.drains_enqueued = enqueue_many(
+            self.redis, keys.SCORING_QUEUE, keys.DRAIN_JOBS_TASK, drains, settings
+        )
+        result.flushes_enqueued = enqueue_many(
+            self.redis, keys.SINK_QUEUE, keys.FLUSH_JOBS_TASK, flushes, settings
+        )
         return result
 
     def run(self, stop: threading.Event | None = None) -> None:
@@ -110,37 +126,12 @@ class Pump:
             log.info("pump discovered %d unregistered job stream(s)", added)
         return int(added)
 
-    def _levels(self, jobs: list[str]) -> list[tuple[int, int, int, str | None]]:
-        pipe = self.redis.pipeline(transaction=False)
-        for job_id in jobs:
-            pipe.xlen(keys.events(job_id))
-            pipe.hmget(keys.meta(job_id), "version", "written_version", "status")
-        replies = pipe.execute()
-        levels = []
-        for length, (version, written, status) in zip(replies[::2], replies[1::2], strict=True):
-            levels.append((int(length), int(version or 0), int(written or 0), _text(status)))
-        return levels
-
-    def _reconcile(
-        self, job_id: str, length: int, version: int, written: int, status: str | None,
-        result: PassResult,
-    ) -> None:  # fmt: skip
-        settings = self.settings
-        if length > 0:
-            result.behind_scoring += 1
-            if enqueue_once(self.redis, keys.SCORING_QUEUE, keys.DRAIN_TASK, job_id, settings):
-                result.drains_enqueued += 1
-        if version > written:
-            result.behind_sink += 1
-            if enqueue_once(self.redis, keys.SINK_QUEUE, keys.FLUSH_TASK, job_id, settings):
-                result.flushes_enqueued += 1
-        if length == 0 and version <= written and status in ("completed", "failed", "cancelled"):
-            # Finished, drained and written: stop polling it, and the pod's credentials go.
-            self.redis.srem(keys.JOBS, job_id)
-            drop_pod_user(self.redis, job_id)
-            compact_state(self.redis, job_id)
-            result.retired += 1
-
+    def _retire(self, job_id: str) -> None:
+        # Finished, drained and written: stop polling it, the pod's credentials go, and its
+        # records are compacted.
+        self.redis.srem(keys.JOBS, job_id)
+        drop_pod_user(self.redis, job_id)
+        compact_state(self.redis, job_id)
 
 def _text(value: Any) -> Any:
     return value.decode() if isinstance(value, bytes) else value

@@ -32,10 +32,12 @@ class Settings:
     profile: str = "default"
     drain_batch_events: int = 1000
     drain_budget_s: float = 5.0
-    pump_interval_ms: int = 100
+    dispatch_batch_jobs: int = 50
+    pump_interval_ms: int = 50
     discover_interval_s: float = 5.0
     queued_marker_ttl_s: int = 30
     flush_lock_ttl_s: int = 30
+    flush_min_interval_s: float = 1.0
     task_timeout_s: int = 120
     dead_payload_max_bytes: int = 4096
     poison_max_attempts: int = 3

@@ -94,6 +94,7 @@ class JobState:
     saves: dict[int, SaveRecord] = field(default_factory=dict)
     end: End | None = None
     dead_letters: int = 0
+    eval_version: int = 0  # state version at which an evaluation last changed
     packed: bool = False  # the records are stored compressed (a finished job)
 
     def apply(self, event: WireEvent) -> bool:
@@ -219,6 +220,8 @@ class JobState:
             return False
         if hasattr(record, "changed"):
             record.changed = self.version + 1
+        if records is self.evals:
+            self.eval_version = self.version + 1
         records[step] = record
         return True
 
@@ -243,9 +246,10 @@ class JobState:
 
     def head_json(self) -> str:
         """Encode everything but the per-step records (the small part read by every drain)."""
-        data = asdict(self)
-        for name in RECORD_PREFIXES:
-            del data[name]
+        # Built field by field: asdict(self) would deep-copy every loaded record first.
+        data = {name: getattr(self, name) for name in HEAD_NAMES}
+        data["begins"] = [asdict(begin) for begin in self.begins]
+        data["end"] = asdict(self.end) if self.end else None
         data["format"] = STATE_FORMAT
         return json.dumps(data, separators=(",", ":"))
 
@@ -300,11 +304,16 @@ class JobState:
     def fingerprint(self) -> str:
         """Encode the facts only (no cursor, version or change marks), to compare states."""
         data = json.loads(self.to_json())
-        for name in ("version", "cursor", "dead_letters", "packed"):
+        for name in ("version", "cursor", "dead_letters", "packed", "eval_version"):
             data.pop(name, None)
         for name in ("train", "evals"):
             data[name] = {step: values[:-1] for step, values in data[name].items()}
         return json.dumps(data, sort_keys=True)
+
+
+HEAD_NAMES = tuple(
+    name for name in JobState.__dataclass_fields__ if name not in RECORD_PREFIXES
+)
 
 
 def _rank(record: Any) -> tuple[float, str]:

@@ -128,7 +128,12 @@ class StateTransaction:
             changed = fields
         pipe.hset(self._key, mapping={HEAD_FIELD: state.head_json(), **changed})
         status = state.end.status if state.end else "running"
-        meta = {"cursor": state.cursor, "version": state.version, "status": status}
+        meta = {
+            "cursor": state.cursor,
+            "version": state.version,
+            "status": status,
+            "eval_version": state.eval_version,
+        }
         pipe.hset(keys.meta(self.job_id), mapping=meta)
         add_dead_letters(pipe, dead_letters)
         for name in clear_fields:  # e.g. the retry counters of a poison event now dead

@@ -3,37 +3,71 @@
 from __future__ import annotations
 
 import logging
+import time
+from typing import Any
 
 from . import keys
 from .connection import task_connection
-from .dispatch import clear_marker, enqueue_once
+from .dispatch import clear_marker, enqueue_many
 from .drain import drain_job
+from .errors import PipelineError
+from .levels import read_levels
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
 
 def drain(job_id: str) -> dict:
-    """Drain ``job_id``'s stream into its state, then ask the sink to write the row.
+    """Drain one job's stream into its state (see :func:`drain_jobs`).
 
     Returns:
-        A summary (events, dead letters, commits, version) for the RQ job result.
+        A summary for the RQ job result.
+    """
+    return drain_jobs([job_id])
+
+
+def drain_jobs(job_ids: list[str]) -> dict:
+    """Drain each job's stream into its state, then ask the sink to write the changed rows.
+
+    The jobs share one time budget (``drain_budget_s``); a job not caught up by then gets a
+    new task. A job that fails does not stop the others: the task fails at the end, and the
+    pump enqueues that job again (its marker was cleared).
+
+    Returns:
+        A summary (jobs, events, dead letters) for the RQ job result.
+
+    Raises:
+        PipelineError: when draining some job raised (after the others were drained).
     """
     settings = Settings.from_env()
     redis = task_connection(settings)
-    clear_marker(redis, keys.SCORING_QUEUE, job_id)
-    result = drain_job(redis, job_id, settings)
-    written = int(redis.hget(keys.meta(job_id), "written_version") or 0)
-    if result.version > written:
-        # Workers are trusted processes; enqueueing here saves the sink a pump interval.
-        enqueue_once(redis, keys.SINK_QUEUE, keys.FLUSH_TASK, job_id, settings)
-    if not result.caught_up:
-        enqueue_once(redis, keys.SCORING_QUEUE, keys.DRAIN_TASK, job_id, settings)
-    log.info(
-        "drained %s: %d events, %d dead, version %d",
-        job_id,
-        result.events,
-        result.dead,
-        result.version,
-    )
-    return result.__dict__
+    for job_id in job_ids:
+        clear_marker(redis, keys.SCORING_QUEUE, job_id)
+    deadline = time.monotonic() + settings.drain_budget_s
+    versions, behind, failed, events = {}, [], {}, 0
+    for job_id in job_ids:
+        try:
+            result = drain_job(redis, job_id, settings, deadline=deadline)
+        except Exception as exc:  # the worker boundary: record, go on with the other jobs
+            log.exception("drain of %s failed", job_id)
+            failed[job_id] = f"{type(exc).__name__}: {exc}"
+            continue
+        versions[job_id], events = result.version, events + result.events
+        if not result.caught_up:
+            behind.append(job_id)
+    _request_flushes(redis, versions, settings)
+    enqueue_many(redis, keys.SCORING_QUEUE, keys.DRAIN_JOBS_TASK, behind, settings)
+    if failed:
+        raise PipelineError(f"{len(failed)} of {len(job_ids)} drains failed: {failed}")
+    return {"jobs": len(job_ids), "events": events, "behind": len(behind)}
+
+
+def _request_flushes(redis: Any, versions: dict[str, int], settings: Settings) -> None:
+    # Workers are trusted processes; enqueueing here saves the sink a pump interval.
+    jobs, now = list(versions), time.time()
+    due = [
+        job_id
+        for job_id, levels in zip(jobs, read_levels(redis, jobs), strict=True)
+        if levels.flush_due(now, settings.flush_min_interval_s)
+    ]
+    enqueue_many(redis, keys.SINK_QUEUE, keys.FLUSH_JOBS_TASK, due, settings)

@@ -12,6 +12,7 @@ from redis.exceptions import WatchError
 
 from scorer_worker import keys
 from scorer_worker.errors import PermanentSinkError, TransientSinkError
+from scorer_worker.levels import read_levels
 from scorer_worker.settings import Settings
 from scorer_worker.state import JobState
 from scorer_worker.store import load_state
@@ -74,6 +75,12 @@ def _flush_locked(
     written = int(meta.get("written_version") or 0)
     if not redis.exists(keys.state(job_id)):
         return FlushResult(job_id, "up-to-date")
+    (levels,) = read_levels(redis, [job_id])
+    if levels.version <= levels.written:
+        return FlushResult(job_id, "up-to-date", levels.version)
+    if not levels.flush_due(time.time(), settings.flush_min_interval_s):
+        # Coalescing: the pump enqueues the write again as soon as it is due.
+        return FlushResult(job_id, "deferred", levels.version)
     state = load_state(redis, job_id)
     if state.version <= written:
         return FlushResult(job_id, "up-to-date", state.version)
@@ -118,7 +125,7 @@ def _write(
         return FlushResult(job_id, "error", state.version)
     _raise_written(redis, job_id, state.version)
     redis.hdel(keys.meta(job_id), "sink_error", "sink_error_kind")
-    redis.hset(keys.meta(job_id), "last_flush_at", repr(time.time()))
+    redis.hset(keys.meta(job_id), "last_flush_at", repr(time.time()))  # see levels.flush_due
     return FlushResult(job_id, str(outcome.value), state.version, len(metrics))
 
 

@@ -7,22 +7,48 @@ import logging
 from scorer_worker import keys
 from scorer_worker.connection import task_connection
 from scorer_worker.dispatch import clear_marker
+from scorer_worker.errors import PipelineError
 from scorer_worker.settings import Settings
 
 from .flush import flush_job
+from .writers import writer_from_settings
 
 log = logging.getLogger(__name__)
 
 
 def flush(job_id: str) -> dict:
-    """Write ``job_id``'s latest state to its ``local_training_jobs`` row.
+    """Write one job's latest state to its row (see :func:`flush_jobs`).
 
     Returns:
-        A summary (outcome, version, metric rows) for the RQ job result.
+        A summary for the RQ job result.
+    """
+    return flush_jobs([job_id])
+
+
+def flush_jobs(job_ids: list[str]) -> dict:
+    """Write each job's latest state to its ``local_training_jobs`` row, with one writer.
+
+    Returns:
+        The outcome per job (written, stale, up-to-date, busy, error).
+
+    Raises:
+        PipelineError: when flushing some job raised (after the others were flushed).
     """
     settings = Settings.from_env()
     redis = task_connection(settings)
-    clear_marker(redis, keys.SINK_QUEUE, job_id)
-    result = flush_job(redis, job_id, settings)
-    log.info("flushed %s: %s (version %d)", job_id, result.outcome, result.version)
-    return result.__dict__
+    for job_id in job_ids:
+        clear_marker(redis, keys.SINK_QUEUE, job_id)
+    outcomes, failed = {}, {}
+    writer = writer_from_settings(settings)
+    try:
+        for job_id in job_ids:
+            try:
+                outcomes[job_id] = flush_job(redis, job_id, settings, writer).outcome
+            except Exception as exc:  # the worker boundary: record, go on with the other jobs
+                log.exception("flush of %s failed", job_id)
+                failed[job_id] = f"{type(exc).__name__}: {exc}"
+    finally:
+        writer.close()
+    if failed:
+        raise PipelineError(f"{len(failed)} of {len(job_ids)} flushes failed: {failed}")
+    return outcomes

@@ -227,3 +227,41 @@ def test_compacted_state_is_small_and_loads_back(fake, settings):
     assert sorted(k.decode() for k in fake.hkeys(keys.state(JOB))) == ["head", "packed"]
     assert load_state(fake, JOB).fingerprint() == full.fingerprint()
     assert not compact_state(fake, JOB)  # already packed
+
+
+def test_flush_due_coalesces_train_logs_but_not_evals_or_the_end():
+    from scorer_worker.levels import Levels
+
+    train_only = Levels(version=5, written=4, eval_version=2, last_flush_at=100.0)
+    assert not train_only.flush_due(now=100.5, min_interval_s=1.0)
+    assert train_only.flush_due(now=101.0, min_interval_s=1.0)
+    new_eval = Levels(version=5, written=4, eval_version=5, last_flush_at=100.0)
+    assert not new_eval.flush_due(now=100.05, min_interval_s=1.0)
+    assert new_eval.flush_due(now=100.1, min_interval_s=1.0)
+    ended = Levels(version=5, written=4, status="completed", last_flush_at=100.0)
+    assert ended.flush_due(now=100.0, min_interval_s=1.0)
+    assert Levels(version=1).flush_due(now=0.0, min_interval_s=1.0)  # never written
+    assert not Levels(version=4, written=4).flush_due(now=1e9, min_interval_s=1.0)
+
+
+def test_a_deferred_flush_is_made_by_the_pump_when_due(fake, tmp_path):
+    settings = Settings(
+        redis_url="redis://unused",
+        sink_url=f"sqlite:///{tmp_path / 'j.db'}",
+        flush_min_interval_s=0.3,
+    )
+    _sqlite(settings).create_job(JOB, "tok")
+    register_job(fake, JOB, "tok")
+    publish(fake, raw_run(1))
+    drain_job(fake, JOB, settings)
+    assert flush_job(fake, JOB, settings).outcome == "written"
+    publish(fake, [build_event("train_log", JOB, 11, 1.1, {"loss": 0.5}, ts=20)])
+    drain_job(fake, JOB, settings)
+    assert flush_job(fake, JOB, settings).outcome == "deferred"  # a train log, just written
+    pump = Pump(fake, settings)
+    assert pump.run_once().flushes_enqueued == 0  # not due yet: no task
+    import time as clock
+
+    clock.sleep(0.35)
+    assert pump.run_once().flushes_enqueued == 1  # due now: the pump asks for it
+    assert flush_job(fake, JOB, settings).outcome == "written"
