@@ -133,5 +133,6 @@ class Pump:
         drop_pod_user(self.redis, job_id)
         compact_state(self.redis, job_id)
 
+
 def _text(value: Any) -> Any:
     return value.decode() if isinstance(value, bytes) else value

@@ -311,9 +311,7 @@ class JobState:
         return json.dumps(data, sort_keys=True)
 
 
-HEAD_NAMES = tuple(
-    name for name in JobState.__dataclass_fields__ if name not in RECORD_PREFIXES
-)
+HEAD_NAMES = tuple(name for name in JobState.__dataclass_fields__ if name not in RECORD_PREFIXES)
 
 
 def _rank(record: Any) -> tuple[float, str]:

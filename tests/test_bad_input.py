@@ -44,6 +44,11 @@ BAD_PAYLOADS = {
     "negative step": raw(step=-1),
     "bad end status": raw(kind="train_end", info={"status": "exploded"}),
     "oversize": raw(pad="x" * 70_000),
+    # Values no row can hold (integer columns, datetimes): refused, not left to poison the row.
+    "step beyond the row's integer": raw(step=2**31),
+    "epoch beyond the row's integer": raw(epoch=1e300),
+    "timestamp beyond year 9999": raw(ts=1e12),
+    "negative timestamp": raw(ts=-1e12),
 }
 
 
@@ -72,7 +77,8 @@ def test_every_invalid_event_is_dead_lettered_and_valid_ones_count(redis_client,
     reasons = " | ".join(letter.reason for _, letter in letters)
     expected = ("malformed JSON", "not a JSON object", "step", "ts", "kind", "wire version 9",
                 "does not match stream job", "bare NaN", "exceeds 65536",
-                "no 'event' field")  # fmt: skip
+                "no 'event' field", "less than or equal to 2147483647",
+                "less than or equal to 253402300799")  # fmt: skip
     for fragment in expected:
         assert fragment in reasons, fragment
     assert all(

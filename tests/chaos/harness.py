@@ -1,9 +1,9 @@
 """The chaos harness: real pipeline processes, platform rows, convergence, comparison, figures.
 
 Everything here drives the pipeline from the outside, as an operator would: processes are
-started with the commands of the Procfile (``python -m scorer_worker.cli pump``,
-``rq worker scoring --url ...``, ``rq worker sink --url ...``) in their own process groups, so
-a SIGKILL of the group also kills the work-horse RQ forks for the running task.
+started with the commands of the Procfile (``ckpt-pipeline pump``, ``rq worker scoring
+--url ...``, ``rq worker sink --url ...``), each in a process group of its own; a kill takes
+the process and the work-horse RQ forked for its running task.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import math
 import os
 import platform
 import random
-import shutil
+import shlex
 import signal
 import subprocess
 import sys
@@ -44,17 +44,27 @@ VERSION_COLUMNS = ("scoring_version",)
 ROLES = ("pump", "scoring", "sink")
 
 
-def rq_binary() -> str:
-    """The ``rq`` command of this interpreter's environment."""
-    beside = Path(sys.executable).with_name("rq")
-    return str(beside) if beside.exists() else (shutil.which("rq") or "rq")
+def procfile_commands(redis_url: str) -> dict[str, list[str]]:
+    """The commands of the repository's Procfile, by role, ``$REDIS_URL`` substituted and the
+    console scripts resolved in this interpreter's environment."""
+    commands = {}
+    for line in (REPO / "Procfile").read_text().splitlines():
+        role, sep, command = line.partition(":")
+        if not sep or not command.strip():
+            continue
+        args = shlex.split(command.replace("$REDIS_URL", redis_url))
+        beside = Path(sys.executable).with_name(args[0])
+        if args[0] == "ckpt-pipeline":
+            args = [sys.executable, "-m", "scorer_worker.cli", *args[1:]]
+        elif beside.exists():
+            args[0] = str(beside)
+        commands[role.strip()] = args
+    return commands
 
 
 def role_command(role: str, redis_url: str) -> list[str]:
-    """The Procfile command of a role."""
-    if role == "pump":
-        return [sys.executable, "-m", "scorer_worker.cli", "pump"]
-    return [rq_binary(), "worker", role, "--url", redis_url]
+    """The Procfile command of a role (``pump``, ``scoring``, ``sink``)."""
+    return procfile_commands(redis_url)[role]
 
 
 def pipeline_env(
@@ -62,14 +72,16 @@ def pipeline_env(
 ) -> dict[str, str]:
     """Environment of the pipeline processes: REDIS_URL, CKPT_SINK and ``CKPT_<FIELD>``.
 
-    With ``probe_dir`` the processes also load ``tests/chaos/inject/sitecustomize.py``, which
-    marks the phases a kill should land in (after a state commit, inside a sink write).
+    With ``probe_dir``, or a ``CKPT_CHAOS_*`` tunable, the processes also load
+    ``tests/chaos/inject/sitecustomize.py``, which marks the phases a kill should land in
+    (after a state commit, inside a sink write) or injects a poison event.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CKPT_", "PG"))}
     paths = [str(REPO)]
     if probe_dir is not None:
-        paths.insert(0, str(INJECT_DIR))
         env["CKPT_CHAOS_PROBE_DIR"] = str(probe_dir)
+    if probe_dir is not None or any(name.startswith("CKPT_CHAOS_") for name in tunables):
+        paths.insert(0, str(INJECT_DIR))
     env.update(
         REDIS_URL=redis_url,
         CKPT_SINK=sink_url,
@@ -209,11 +221,12 @@ class Pipeline:
     def by_pid(self, pid: int) -> Proc | None:
         return next((p for p in self.all() if p.pid == pid and p.alive), None)
 
-    def kill_and_restart(self, proc: Proc, pause_s: float = 0.0) -> None:
-        proc.kill()
-        if pause_s:
-            time.sleep(pause_s)
-        proc.start()
+    def redeploy(self, role: str, env: dict[str, str]) -> None:
+        """Stop a role's processes cleanly and start them again with ``env`` (a new release)."""
+        for proc in self.procs[role]:
+            proc.stop()
+            proc.env = env
+            proc.start()
 
     def check_alive(self) -> list[str]:
         """Names of processes that exited on their own (none should)."""
@@ -267,7 +280,14 @@ def setup_jobs(pg_url: str, client: redis.Redis, jobs: list[Job]) -> list[Job]:
 
 
 def synthetic_run(job_id: str, seed: int, count: int = 500, t0: float = 1.7e9) -> list[str]:
-    """A deterministic run of exactly ``count`` encoded events for ``job_id``.
+    """``synthetic_events``, encoded for the wire."""
+    return [encode_event(event) for event in synthetic_events(job_id, seed, count, t0)]
+
+
+def synthetic_events(
+    job_id: str, seed: int, count: int = 500, t0: float = 1.7e9
+) -> list[dict[str, Any]]:
+    """A deterministic run of exactly ``count`` events for ``job_id``.
 
     A train_begin, a train_log per step, an eval every 10 steps, a checkpoint_saved every 20
     (3 retained); about half the runs crash and resume from their last checkpoint (a second
@@ -294,16 +314,18 @@ def synthetic_run(job_id: str, seed: int, count: int = 500, t0: float = 1.7e9) -
         step += 1
         drift = 0.05 * attempt
         loss = 3.0 * math.exp(-step / 120) + 0.2 + drift + rng.uniform(-0.02, 0.02)
-        emit("train_log", {"loss": loss, "learning_rate": 1e-3 * (1 - step / 500),
-                           "grad_norm": rng.uniform(0.5, 2.0)})  # fmt: skip
+        rate, norm = 1e-3 * (1 - step / 500), rng.uniform(0.5, 2.0)
+        emit("train_log", {"loss": loss, "learning_rate": rate, "grad_norm": norm})
         if step % 10 == 0 and len(events) < count - 1:
-            value: float | str = 2.8 * math.exp(-step / 150) + 0.5 + (step / 500) ** 2 + drift
-            emit("eval", {"eval_loss": math.nan if rng.random() < 0.01 else value,
-                          "eval_runtime": 0.1})  # fmt: skip
+            value = 2.8 * math.exp(-step / 150) + 0.5 + (step / 500) ** 2 + drift
+            value = math.nan if rng.random() < 0.01 else value
+            emit("eval", {"eval_loss": value, "eval_runtime": 0.1})
         if step % 20 == 0 and len(events) < count - 1:
             saves = [*saves, step][-3:]
-            emit("checkpoint_saved", info={"checkpoint": f"checkpoint-{step}",
-                                           "retained": [f"checkpoint-{s}" for s in saves]})  # fmt: skip
+            retained = [f"checkpoint-{s}" for s in saves]
+            emit(
+                "checkpoint_saved", info={"checkpoint": f"checkpoint-{step}", "retained": retained}
+            )
         if len(events) < count - 1 and rng.random() < 0.02:
             events.append(events[rng.randrange(len(events))])  # a replayed event
         if resume_at is not None and step == resume_at and len(events) < count - 1:
@@ -314,7 +336,7 @@ def synthetic_run(job_id: str, seed: int, count: int = 500, t0: float = 1.7e9) -
     status = "failed" if rng.random() < 0.1 else "completed"
     info = {"status": status, "error": "CUDA out of memory" if status == "failed" else None}
     emit("train_end", {"train_runtime": 12.5, "train_loss": 0.4}, info)
-    return [encode_event(event) for event in events[:count]]
+    return events[:count]
 
 
 def xadd_many(client: redis.Redis, job_id: str, encoded: Iterable[str | bytes]) -> None:
@@ -348,7 +370,9 @@ def levels(client: redis.Redis, job_ids: list[str]) -> Levels:
         pipe.hmget(keys.meta(job_id), "version", "written_version")
     replies = pipe.execute()
     found = Levels()
-    for job_id, length, (version, written) in zip(job_ids, replies[::2], replies[1::2], strict=True):
+    for job_id, length, (version, written) in zip(
+        job_ids, replies[::2], replies[1::2], strict=True
+    ):
         version, written = int(version or 0), int(written or 0)
         if length:
             found.behind_scoring.append(job_id)
@@ -524,10 +548,6 @@ def slow_writes(url: str, fraction: float, seconds: float) -> None:
         conn.execute("INSERT INTO chaos_slow VALUES (%s, %s)", (fraction, seconds))
 
 
-def writes_since(url: str, since: datetime) -> int:
-    return int(pg_execute(url, "SELECT count(*) FROM chaos_writes WHERE at >= %s", (since,))[0][0])
-
-
 # --- probes written by tests/chaos/inject/sitecustomize.py --------------------------------
 
 
@@ -539,11 +559,6 @@ def probes(probe_dir: Path, phase: str) -> list[int]:
         with contextlib.suppress(ValueError):
             found.append(int(path.name.split(".", 1)[0]))
     return found
-
-
-def clear_probes(probe_dir: Path) -> None:
-    for path in probe_dir.glob("*.*"):
-        path.unlink(missing_ok=True)
 
 
 # --- figures ------------------------------------------------------------------------------
@@ -569,13 +584,6 @@ def record(experiment: str, figures: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
     os.replace(tmp, path)
-
-
-@contextlib.contextmanager
-def stopwatch() -> Iterator[dict[str, float]]:
-    span: dict[str, float] = {"start": time.monotonic()}
-    yield span
-    span["seconds"] = time.monotonic() - span["start"]
 
 
 @contextlib.contextmanager
@@ -621,7 +629,7 @@ def reference_run(
 
 TARGETED_PHASES = {
     "post-commit": "after its state commit, before it asked for the sink flush",
-    "mid-flush": "inside the sink's PostgreSQL transaction (row UPDATE slowed by pg_sleep)",
+    "mid-flush": "inside the sink's PostgreSQL transaction, its row UPDATE slowed by pg_sleep",
     "task-start": "after taking a task from the queue, before the task started",
 }
 

@@ -23,13 +23,16 @@ from datetime import UTC, datetime
 
 import pytest
 import redis
-from rq.registry import FailedJobRegistry
+from rq.registry import FailedJobRegistry, StartedJobRegistry
+
+from scorer_worker import keys
 
 from .harness import (
     Chaos,
     compare_runs,
     count_writes,
     dead_letter_count,
+    levels,
     make_jobs,
     pg_execute,
     record,
@@ -113,6 +116,8 @@ def test_crash_anywhere_rows_equal_a_fault_free_run(
         time.sleep(rng.uniform(0.2, 0.8))
         chaos.kill(rng.choice(["pump", "scoring", "sink"]))
     publisher.join()
+    backlog = levels(client, ids)
+    undrained = sum(client.xlen(keys.events(job_id)) for job_id in ids)
 
     converge_s = wait_converged(client, ids, timeout_s=60)
     since_last_fault = time.monotonic() - chaos.last_fault
@@ -120,7 +125,9 @@ def test_crash_anywhere_rows_equal_a_fault_free_run(
     exited = pipeline.check_alive()
     comparison = compare_runs(db, reference_db, ids)
     dead = dead_letter_count(client)
-    abandoned = sum(len(FailedJobRegistry(q, connection=client)) for q in ("scoring", "sink"))
+    failed = sum(len(FailedJobRegistry(q, connection=client)) for q in ("scoring", "sink"))
+    # Idle now, so whatever RQ still lists as started was held by a killed worker.
+    abandoned = sum(len(StartedJobRegistry(q, connection=client)) for q in ("scoring", "sink"))
     writes = int(pg_execute(db, "SELECT count(*) FROM chaos_writes")[0][0])
     reference_versions = int(
         pg_execute(reference_db, "SELECT sum(scoring_version) FROM local_training_jobs")[0][0]
@@ -145,10 +152,16 @@ def test_crash_anywhere_rows_equal_a_fault_free_run(
             "slow_row_updates": "30% of row UPDATEs pg_sleep 0.4 s inside the transaction",
             "run_seconds": round(run_s, 1),
             "converged_seconds_after_last_fault": round(since_last_fault, 1),
+            "backlog_at_last_fault": {
+                "undrained_events": undrained,
+                "jobs_behind_scoring": len(backlog.behind_scoring),
+                "jobs_behind_the_sink": len(backlog.behind_sink),
+            },
             "reference_run_seconds": round(reference_s, 1),
             "row_writes": writes,
             "row_writes_reference": reference_versions,
-            "rq_jobs_abandoned_by_killed_workers": abandoned,
+            "rq_jobs_left_started_by_killed_workers": abandoned,
+            "rq_jobs_failed": failed,
             "dead_letters": dead,
             "processes_that_exited_by_themselves": exited,
             **comparison.summary(),
@@ -166,3 +179,59 @@ def test_crash_anywhere_rows_equal_a_fault_free_run(
     assert comparison.lost == 0, comparison.examples[:5]
     assert comparison.duplicate_metric_rows == 0
     assert dead == 0
+
+
+def test_with_default_timeouts_a_job_held_by_a_dead_worker_converges_within_60s(
+    make_redis, make_database, make_pipeline, tmp_path
+):
+    """The defaults (queued marker 30 s, flush lock 30 s) against the worst single kills:
+    a worker dies holding a task it has not started (the marker stays until its TTL), and a
+    sink worker dies inside a write (the flush lock stays until its TTL)."""
+    seed = chaos_seed()
+    rng = random.Random(seed)
+    jobs = make_jobs(20, seed + 1)
+    ids = [job.id for job in jobs]
+    events = {job.id: synthetic_run(job.id, seed, EVENTS_PER_JOB) for job in jobs}
+    reference_db = make_database("reference")
+    reference_redis = make_redis("reference")
+    reference_run(reference_redis.url, reference_db, jobs, events)
+    reference_redis.stop()
+
+    server, db = make_redis("redis"), make_database("defaults")
+    client = redis.Redis.from_url(server.url)
+    setup_jobs(db, client, jobs)
+    slow_writes(db, fraction=0.3, seconds=0.4)
+    pipeline = make_pipeline(server.url, db, probes=True, CKPT_CHAOS_TASK_START_P="0.3")
+    chaos = Chaos(pipeline, client, tmp_path / "probes", rng, ids)
+    half = EVENTS_PER_JOB // 2
+    for job in jobs:
+        xadd_many(client, job.id, events[job.id][:half])
+    aimed = [chaos.kill("task-start", wait_s=20), chaos.kill("mid-flush", wait_s=20)]
+    for job in jobs:  # the rest arrives after the kills: held jobs have work waiting
+        xadd_many(client, job.id, events[job.id][half:])
+    converge_s = wait_converged(client, ids, timeout_s=90)
+    since_last_fault = time.monotonic() - chaos.last_fault
+    comparison = compare_runs(db, reference_db, ids)
+    record(
+        "1b-default-timeouts",
+        {
+            "title": "Crash with the default timeouts",
+            "seed": seed,
+            "jobs": len(jobs),
+            "events_published": sum(len(e) for e in events.values()),
+            "kills": [k.__dict__ for k in aimed],
+            "aimed_phase_not_seen": chaos.misses,
+            "tunables": "defaults (queued marker TTL 30 s, flush lock TTL 30 s)",
+            "converged_seconds_after_last_fault": round(since_last_fault, 1),
+            "dead_letters": dead_letter_count(client),
+            **comparison.summary(),
+            "lost": comparison.lost,
+            "duplicates": comparison.duplicate_metric_rows,
+        },
+    )
+    print(f"kills {[k.kind for k in aimed]}; converged {since_last_fault:.1f}s after the last")
+    assert chaos.misses == 0
+    assert since_last_fault < 60, converge_s
+    assert comparison.lost == 0, comparison.examples[:5]
+    assert comparison.duplicate_metric_rows == 0
+    assert dead_letter_count(client) == 0
