@@ -76,11 +76,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=DEFAULT_WORKER_CLASS,
         help=f"rq worker class of the workers (default {DEFAULT_WORKER_CLASS}).",
     )
+    parser.add_argument(
+        "--connection-class",
+        default=default_connection_class(),
+        help="rq --connection-class of the workers (default: the Procfile's, "
+        "scorer_worker.connection.RetryingRedis, when it exists).",
+    )
     parser.add_argument("--scoring-workers", type=int, default=1, help="rq worker scoring count.")
     parser.add_argument("--sink-workers", type=int, default=1, help="rq worker sink count.")
     parser.add_argument("--keep", action="store_true", help="Keep the working folder (logs).")
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="Sample the pipeline's processes with py-spy and profile in-process work with "
+        "cProfile; write the profiles and their summary (DIR/summary.txt) to DIR.",
+    )
     parser.add_argument("--list", action="store_true", help="List groups and figures, then exit.")
+    parser.add_argument(
+        "--render",
+        metavar="JSON",
+        help="Run nothing: rewrite the --output report from a --json file of an earlier run "
+        "(e.g. after editing benchmarks/where_the_time_goes.md).",
+    )
     return parser.parse_args(argv)
+
+
+def default_connection_class() -> str:
+    """The Procfile's rq ``--connection-class``, when this checkout has one."""
+    try:
+        from scorer_worker.connection import RetryingRedis  # noqa: F401
+    except ImportError:
+        return ""
+    return "scorer_worker.connection.RetryingRedis"
 
 
 def select(only: str | None) -> list[Group]:
@@ -101,6 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         for group in GROUPS:
             print(f"{group.name}: {', '.join(group.names)}")
         return 0
+    if args.render:
+        figures, meta = load_report(Path(args.render))
+        Path(args.output).write_text(markdown(figures, meta), encoding="utf-8")
+        print(table(figures))
+        return 0
     groups = select(args.only)
     workdir = Path(tempfile.mkdtemp(prefix="ckpt-bench-"))
     ctx = Context(
@@ -109,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         worker_class=args.worker_class,
         scoring_workers=args.scoring_workers,
         sink_workers=args.sink_workers,
+        profile_dir=Path(args.profile).resolve() if args.profile else None,
+        connection_class=args.connection_class or None,
     )
     atexit.register(ctx.cleanup)
     signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -116,11 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     figures: list[Figure] = []
     errors: dict[str, str] = {}
     timings: dict[str, float] = {}
+    loads: dict[str, list[float]] = {}
     try:
         for group in groups:
             ctx.sizes[group.name] = group.sizes(args.quick)
             ctx.log(f"{group.name}: sizes {ctx.sizes[group.name]}")
             group_start = time.monotonic()
+            load_start = os.getloadavg()[0]
             try:
                 got = group.run(ctx)
             except Exception as exc:
@@ -130,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 ctx.cleanup()
             timings[group.name] = round(time.monotonic() - group_start, 1)
+            loads[group.name] = [round(load_start, 2), round(os.getloadavg()[0], 2)]
             given = {f.name for f in got}
             message = errors.get(group.name, "").strip().splitlines()[-1:] or ["not measured"]
             got += [Figure(n, None, error=message[0]) for n in group.names if n not in given]
@@ -145,11 +182,16 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     duration = time.monotonic() - started
     meta = run_meta(ctx, args, argv, duration, timings, errors)
+    meta["load_average_1min_start_end"] = loads
     print(table(figures))
     print(f"\n{'quick' if args.quick else 'full'} run: {duration:.0f} s; report {args.output}")
-    Path(args.output).write_text(markdown(figures, meta, ctx), encoding="utf-8")
+    Path(args.output).write_text(markdown(figures, meta), encoding="utf-8")
     if args.json:
         Path(args.json).write_text(json_report(figures, meta), encoding="utf-8")
+    if ctx.profile_dir is not None and ctx.profile_dir.exists():
+        from .profiles import write_summary
+
+        print(f"profiles: {write_summary(ctx.profile_dir)}")
     return 1 if errors else 0
 
 
@@ -159,11 +201,11 @@ def _raise_interrupt(*_: object) -> None:
 
 def table(figures: list[Figure]) -> str:
     """The plain-text table printed at the end of a run."""
-    lines = [f"{'name':<28}{'value':>14}  {'unit':<6}{'target':<16}met"]
+    lines = [f"{'name':<28}{'value':>14}  {'unit':<8}{'target':<16}met"]
     for f in figures:
         met = {True: "yes", False: "NO", None: "-"}[f.met]
         value = fmt(f.value) if f.error is None else "error"
-        lines.append(f"{f.name:<28}{value:>14}  {f.unit:<6}{f.target:<16}{met}")
+        lines.append(f"{f.name:<28}{value:>14}  {f.unit:<8}{f.target:<16}{met}")
     return "\n".join(lines)
 
 
@@ -225,7 +267,25 @@ def json_report(figures: list[Figure], meta: dict[str, Any]) -> str:
     return json.dumps(data, indent=2, default=str) + "\n"
 
 
-def markdown(figures: list[Figure], meta: dict[str, Any], ctx: Context) -> str:
+def load_report(path: Path) -> tuple[list[Figure], dict[str, Any]]:
+    """The figures and run data of a ``--json`` file."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    figures = []
+    for result in data["results"]:
+        op, _, limit = result["target"].partition(" ")
+        value = result["value"]
+        if isinstance(value, str):
+            value = float(value)
+        figure = Figure(result["name"], value, result["unit"], note=result["note"] or "")
+        if op in ("<=", ">="):
+            figure.op, figure.limit = op, float(limit.replace(",", ""))
+        figure.error = result["error"]
+        figure.verdict = result["met"]
+        figures.append(figure)
+    return figures, data["meta"]
+
+
+def markdown(figures: list[Figure], meta: dict[str, Any]) -> str:
     """BENCHMARKS.md: the table, the machine, the sizes, the settings, how to rerun."""
     m = meta["machine"]
     met = {True: "yes", False: "**no**", None: "-"}
@@ -274,6 +334,12 @@ def markdown(figures: list[Figure], meta: dict[str, Any], ctx: Context) -> str:
     ]
     for name, value in meta["worker_settings"].items():
         lines.append(f"- `{name}`: {value}")
+    lines += [
+        "",
+        "1-minute load average at the start and end of each group (2 cores: above 2, other",
+        "work shared the machine): "
+        + ", ".join(f"`{k}` {v[0]}-{v[1]}" for k, v in meta["load_average_1min_start_end"].items()),
+    ]
     lines += ["", "## Sizes", ""]
     for name, size in meta["sizes"].items():
         took = meta["group_duration_s"].get(name)

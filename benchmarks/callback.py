@@ -16,7 +16,12 @@ from typing import Any
 
 from .common import Context, Figure, percentile, wait_until
 
-NAMES = ("callback_median_us", "callback_p99_us", "callback_redis_down_p99_us", "sync_post_median_us")
+NAMES = (
+    "callback_median_us",
+    "callback_p99_us",
+    "callback_redis_down_p99_us",
+    "sync_post_median_us",
+)
 JOB = "bench-callback"
 PACE_S = 0.001
 
@@ -58,7 +63,10 @@ def run(ctx: Context) -> list[Figure]:
         "dropped": publisher.dropped,
         "up_p50_p90_p99_p999_max_us": _spread(up),
         "down_p50_p90_p99_p999_max_us": _spread(down),
-        "sync_post_p50_p99_ms": [round(percentile(sync, 50) / 1000, 2), round(percentile(sync, 99) / 1000, 2)],
+        "sync_post_p50_p99_ms": [
+            round(percentile(sync, 50) / 1000, 2),
+            round(percentile(sync, 99) / 1000, 2),
+        ],
     }
     note = f"{len(up):,} calls, 1 per ms"
     median = percentile(up, 50)
@@ -81,7 +89,12 @@ def _calls(callback, args, state, control, count: int) -> list[float]:
         state.global_step += 1
         state.epoch = state.global_step / 500
         step = state.global_step
-        logs = {"loss": 2.5 - step * 1e-6, "grad_norm": 1.3, "learning_rate": 5e-4, "epoch": state.epoch}
+        logs = {
+            "loss": 2.5 - step * 1e-6,
+            "grad_norm": 1.3,
+            "learning_rate": 5e-4,
+            "epoch": state.epoch,
+        }
         start = perf()
         callback.on_log(args, state, control, logs=logs)
         times.append((perf() - start) / 1000)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import math
 import os
@@ -10,6 +11,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -125,6 +127,8 @@ class Context:
     processes: list[subprocess.Popen] = field(default_factory=list)
     servers: list[Any] = field(default_factory=list)
     verbose: bool = True
+    profile_dir: Path | None = None
+    connection_class: str | None = None
 
     def log(self, message: str) -> None:
         """Progress on stderr (the table goes to stdout)."""
@@ -160,10 +164,8 @@ class Context:
         if process.poll() is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                pass
         # The group may outlive its leader (an RQ work horse): kill what is left of it.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
@@ -200,6 +202,7 @@ class Context:
         env.pop("CKPT_SINK", None)
         return {
             "worker_class": self.worker_class,
+            "connection_class": self.connection_class or "redis.Redis",
             "scoring_workers": self.scoring_workers,
             "sink_workers": self.sink_workers,
             "pump": "python -m scorer_worker.cli pump (one, unsharded)",
@@ -215,6 +218,10 @@ def percentile(values: Iterable[float], q: float) -> float:
     rank = (len(ordered) - 1) * q / 100
     low = math.floor(rank)
     high = min(low + 1, len(ordered) - 1)
+    if rank == low or ordered[high] == ordered[low]:
+        return ordered[low]
+    if math.isinf(ordered[high]):  # interpolating towards a never-committed event
+        return math.inf
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
@@ -341,7 +348,9 @@ def typical_job(job_id: str, train_logs: int = 1000, evals: int = 100) -> list[s
     return events
 
 
-def xadd_all(client: redis.Redis, streams: list[tuple[str, list[str]]], chunk: int = 1000) -> list[list[bytes]]:
+def xadd_all(
+    client: redis.Redis, streams: list[tuple[str, list[str]]], chunk: int = 1000
+) -> list[list[bytes]]:
     """XADD the events of several jobs, interleaved by job, in pipelined chunks.
 
     Returns:
@@ -418,6 +427,7 @@ class Pipeline:
         self.server: LocalRedis | None = None
         self.client: redis.Redis | None = None
         self.processes: dict[str, subprocess.Popen] = {}
+        self.profilers: list[subprocess.Popen] = []
 
     @property
     def env(self) -> dict[str, str]:
@@ -450,6 +460,34 @@ class Pipeline:
         if wait:
             expected = self.scoring + self.sink
             wait_until(self._workers_ready(expected), 30, 0.05, f"{expected} rq workers")
+        if self.ctx.profile_dir is not None:
+            self._start_profilers()
+
+    def _start_profilers(self) -> None:
+        """Sample every pipeline process with py-spy (samples holding the GIL: Python CPU time)."""
+        py_spy = shutil.which("py-spy")
+        if py_spy is None:
+            self.ctx.log("  --profile: py-spy not found (pip install py-spy); not profiling")
+            return
+        self.ctx.profile_dir.mkdir(parents=True, exist_ok=True)
+        for name, process in self.processes.items():
+            output = self.ctx.profile_dir / f"{self.name}-{name}.txt"
+            args = [
+                py_spy, "record", "--pid", str(process.pid), "--rate", "250", "--format", "raw",
+                "--function", "--subprocesses", "--gil", "--output", str(output),
+            ]  # fmt: skip
+            self.profilers.append(self.ctx.spawn(args, f"{self.name}-{name}-py-spy"))
+
+    def stop_profilers(self) -> None:
+        """Stop py-spy (SIGINT makes it write its output)."""
+        for profiler in self.profilers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(profiler.pid, signal.SIGINT)
+        for profiler in self.profilers:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                profiler.wait(15)
+            self.ctx.stop(profiler)
+        self.profilers.clear()
 
     def start_pump(self) -> subprocess.Popen:
         """Start ``python -m scorer_worker.cli pump``."""
@@ -464,7 +502,11 @@ class Pipeline:
             rq, "worker", queue, "--url", self.server.url, "--worker-class", self.ctx.worker_class,
             "--logging_level", "WARNING", "--name", f"bench-{self.name}-{queue}-{index}",
         ]  # fmt: skip
-        self.processes[f"{queue}-{index}"] = self.ctx.spawn(args, f"{self.name}-{queue}-{index}", self.env)
+        if self.ctx.connection_class:
+            args += ["--connection-class", self.ctx.connection_class]
+        self.processes[f"{queue}-{index}"] = self.ctx.spawn(
+            args, f"{self.name}-{queue}-{index}", self.env
+        )
 
     def _workers_ready(self, expected: int) -> Callable[[], bool]:
         def ready() -> bool:
@@ -475,6 +517,24 @@ class Pipeline:
             return self.client.scard("rq:workers") >= expected
 
         return ready
+
+    def worker_stats(self, seconds: float) -> dict[str, Any]:
+        """Per rq worker: tasks done, tasks per second over ``seconds``, and the time rq
+        measured inside the task functions versus the wall time per task."""
+        stats = {}
+        for name in self.processes:
+            if name == "pump":
+                continue
+            data = self.client.hgetall(f"rq:worker:bench-{self.name}-{name}")
+            done = int(data.get(b"successful_job_count") or 0)
+            working = float(data.get(b"total_working_time") or 0.0)
+            stats[name] = {
+                "tasks": done,
+                "tasks_per_s": round(done / seconds, 1),
+                "ms_in_task_function_per_task": round(1000 * working / done, 2) if done else None,
+                "ms_wall_per_task_when_busy": round(1000 * seconds / done, 2) if done else None,
+            }
+        return stats
 
     def check_alive(self) -> None:
         """Raise if a pipeline process died."""
@@ -511,7 +571,9 @@ class Pipeline:
         """True when every job's cursor reached its last entry (and the row is written)."""
         self.check_alive()
         jobs = list(last_ids)
-        for job_id, (cursor, version, written_version, _) in zip(jobs, self.levels(jobs), strict=True):
+        for job_id, (cursor, version, written_version, _) in zip(
+            jobs, self.levels(jobs), strict=True
+        ):
             if cursor is None or _id_key(cursor) < _id_key(last_ids[job_id]):
                 return False
             if written and written_version < version:
@@ -519,6 +581,7 @@ class Pipeline:
         return True
 
     def __exit__(self, *exc_info: object) -> None:
+        self.stop_profilers()
         for process in list(self.processes.values()):
             self.ctx.stop(process, timeout_s=3.0)
         self.processes.clear()
@@ -587,7 +650,9 @@ def start_loadgen(ctx: Context, pipeline: Pipeline, name: str, **config: Any):
 
     output = pipeline.folder / f"{name}.json"
     config_path = pipeline.folder / f"{name}-config.json"
-    config_path.write_text(json.dumps({"url": pipeline.server.url, "output": str(output), **config}))
+    config_path.write_text(
+        json.dumps({"url": pipeline.server.url, "output": str(output), **config})
+    )
     args = [sys.executable, "-m", "benchmarks.loadgen", str(config_path)]
     return ctx.spawn(args, f"{pipeline.name}-{name}", pipeline.env), output
 
@@ -611,3 +676,105 @@ def finish_loadgen(ctx: Context, process: subprocess.Popen, output: Path, timeou
         tail = Path(process.log_path).read_text(errors="replace")[-2000:]
         raise RuntimeError(f"load generator failed ({code}): {tail}")
     return json.loads(output.read_text())
+
+
+class CommitWatcher:
+    """Records, for a sample of jobs, when their committed cursor moved (keyspace events)."""
+
+    def __init__(self, url: str, jobs: list[str]) -> None:
+        self.client = redis.Redis.from_url(url)
+        self.reader = redis.Redis.from_url(url)
+        self.jobs = jobs
+        self.commits: dict[str, list[tuple[float, tuple[int, int]]]] = {job: [] for job in jobs}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="commit-watcher", daemon=True)
+        self._ready = threading.Event()
+        self.error: BaseException | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("keyspace subscription did not start")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.client.close()
+        self.reader.close()
+
+    def _run(self) -> None:
+        try:
+            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            channels = {}
+            for job in self.jobs:
+                for key in (keys.state(job), keys.meta(job)):
+                    channels[f"__keyspace@0__:{key}"] = job
+            names = list(channels)
+            for index in range(0, len(names), 500):
+                pubsub.subscribe(*names[index : index + 500])
+            self._ready.set()
+            while not self._stop.is_set():
+                touched = set()
+                message = pubsub.get_message(timeout=0.05)
+                while message is not None:
+                    channel = message["channel"].decode()
+                    touched.add(channels[channel])
+                    message = pubsub.get_message(timeout=0)
+                if touched:
+                    self._read_cursors(sorted(touched))
+            pubsub.close()
+        except BaseException as exc:  # reported by the figures (events count as late)
+            self.error = exc
+            self._ready.set()
+
+    def _read_cursors(self, jobs: list[str]) -> None:
+        pipe = self.reader.pipeline(transaction=False)
+        for job in jobs:
+            pipe.hget(keys.meta(job), "cursor")
+        cursors = pipe.execute()
+        seen = time.time()
+        for job, cursor in zip(jobs, cursors, strict=True):
+            if cursor:
+                position = _id_key(cursor)
+                history = self.commits[job]
+                if not history or position > history[-1][1]:
+                    history.append((seen, position))
+
+    def reached(self, last: dict[str, str]) -> bool:
+        """True when every sampled job's committed cursor reached the given entry ids."""
+        for job, entry_id in last.items():
+            history = self.commits.get(job)
+            if not history or history[-1][1] < _id_key(entry_id):
+                return False
+        return True
+
+    def lags(self, records: dict[str, list]) -> list[float]:
+        """Seconds from XADD to commit for every recorded event (inf if never committed)."""
+        lags = []
+        for job, events in records.items():
+            history = self.commits.get(job, [])
+            positions = [position for _, position in history]
+            for _kind, _step, entry_id in events:
+                index = bisect.bisect_left(positions, _id_key(entry_id))
+                if index == len(history):
+                    lags.append(float("inf"))
+                else:
+                    lags.append(max(0.0, history[index][0] - entry_seconds(entry_id)))
+        return lags
+
+
+def command_stats(client: redis.Redis) -> dict[str, int]:
+    """Calls per Redis command since the server started (``INFO commandstats``)."""
+    stats = client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
+
+
+def command_delta(before: dict[str, int], after: dict[str, int], per: float) -> dict[str, Any]:
+    """Commands run between two ``command_stats`` readings, in total and per unit of work."""
+    delta = {name: after.get(name, 0) - before.get(name, 0) for name in after}
+    delta = {name: calls for name, calls in delta.items() if calls > 0}
+    top = sorted(delta.items(), key=lambda item: -item[1])[:10]
+    return {
+        "commands_per_event": round(sum(delta.values()) / per, 1),
+        "top_commands_per_event": {name: round(calls / per, 2) for name, calls in top},
+    }

@@ -12,21 +12,16 @@ infinitely late.
 
 from __future__ import annotations
 
-import bisect
-import threading
 import time
 from typing import Any
 
-import redis
-
-from scorer_worker import keys
-
 from .common import (
+    CommitWatcher,
     Context,
     Figure,
     Pipeline,
-    _id_key,
-    entry_seconds,
+    command_delta,
+    command_stats,
     finish_loadgen,
     percentile,
     start_loadgen,
@@ -53,6 +48,8 @@ def run(ctx: Context) -> list[Figure]:
         pipeline.start_processes()
         watcher = CommitWatcher(pipeline.server.url, sample)
         watcher.start()
+        commands_before = command_stats(pipeline.client)
+        started = time.monotonic()
         try:
             process, output = start_loadgen(
                 ctx, pipeline, "loadgen", jobs=jobs, rate_per_job=size["events_per_job_per_s"],
@@ -70,6 +67,10 @@ def run(ctx: Context) -> list[Figure]:
             deadline = time.monotonic() + grace
             while time.monotonic() < deadline and not watcher.reached(last):
                 time.sleep(0.1)
+            commands = command_delta(
+                commands_before, command_stats(pipeline.client), summary["sent"]
+            )
+            workers = pipeline.worker_stats(time.monotonic() - started)
         finally:
             watcher.stop()
     lags = watcher.lags(records)
@@ -85,6 +86,8 @@ def run(ctx: Context) -> list[Figure]:
         "lag_p50_p90_p99_max_s": [round(percentile(lags, q), 3) for q in (50, 90, 99, 100)],
         "scoring_queue_depth_max": max(queue_depths, default=0),
         "scoring_queue_depth_samples": queue_depths[-10:],
+        **commands,
+        "rq_workers": workers,
     }
     target_jobs = len(jobs) if ctx.quick else FULL_JOBS
     met_lag = p99 <= 2.0
@@ -93,93 +96,9 @@ def run(ctx: Context) -> list[Figure]:
         f"{size['duration_s']} s; lag sampled on {len(sample)} jobs ({len(lags):,} events, "
         f"{late:,} not committed by the end)"
     )
-    jobs_figure = Figure("fanout_jobs", len(jobs), "jobs", ">=", target_jobs,
-                         "met only when the lag target holds at this count"
-                         + (f" (quick run: {len(jobs):,}, full: {FULL_JOBS:,})" if ctx.quick else ""))  # fmt: skip
+    jobs_note = "met only when the lag target holds at this count"
+    if ctx.quick:
+        jobs_note += f" (quick run: {len(jobs):,}, full: {FULL_JOBS:,})"
+    jobs_figure = Figure("fanout_jobs", len(jobs), "jobs", ">=", target_jobs, jobs_note)
     jobs_figure.verdict = met_lag and len(jobs) >= target_jobs
     return [jobs_figure, Figure("fanout_lag_p99_s", p99, "s", "<=", 2, note)]
-
-
-class CommitWatcher:
-    """Records, for a sample of jobs, when their committed cursor moved (keyspace events)."""
-
-    def __init__(self, url: str, jobs: list[str]) -> None:
-        self.client = redis.Redis.from_url(url)
-        self.reader = redis.Redis.from_url(url)
-        self.jobs = jobs
-        self.commits: dict[str, list[tuple[float, tuple[int, int]]]] = {job: [] for job in jobs}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="commit-watcher", daemon=True)
-        self._ready = threading.Event()
-        self.error: BaseException | None = None
-
-    def start(self) -> None:
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("keyspace subscription did not start")
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.client.close()
-        self.reader.close()
-
-    def _run(self) -> None:
-        try:
-            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-            channels = {}
-            for job in self.jobs:
-                for key in (keys.state(job), keys.meta(job)):
-                    channels[f"__keyspace@0__:{key}"] = job
-            names = list(channels)
-            for index in range(0, len(names), 500):
-                pubsub.subscribe(*names[index : index + 500])
-            self._ready.set()
-            while not self._stop.is_set():
-                touched = set()
-                message = pubsub.get_message(timeout=0.05)
-                while message is not None:
-                    channel = message["channel"].decode()
-                    touched.add(channels[channel])
-                    message = pubsub.get_message(timeout=0)
-                if touched:
-                    self._read_cursors(sorted(touched))
-            pubsub.close()
-        except BaseException as exc:  # reported by the figures (events count as late)
-            self.error = exc
-            self._ready.set()
-
-    def _read_cursors(self, jobs: list[str]) -> None:
-        pipe = self.reader.pipeline(transaction=False)
-        for job in jobs:
-            pipe.hget(keys.meta(job), "cursor")
-        cursors = pipe.execute()
-        seen = time.time()
-        for job, cursor in zip(jobs, cursors, strict=True):
-            if cursor:
-                position = _id_key(cursor)
-                history = self.commits[job]
-                if not history or position > history[-1][1]:
-                    history.append((seen, position))
-
-    def reached(self, last: dict[str, str]) -> bool:
-        """True when every sampled job's committed cursor reached the given entry ids."""
-        for job, entry_id in last.items():
-            history = self.commits.get(job)
-            if not history or history[-1][1] < _id_key(entry_id):
-                return False
-        return True
-
-    def lags(self, records: dict[str, list]) -> list[float]:
-        """Seconds from XADD to commit for every recorded event (inf if never committed)."""
-        lags = []
-        for job, events in records.items():
-            history = self.commits.get(job, [])
-            positions = [position for _, position in history]
-            for _kind, _step, entry_id in events:
-                index = bisect.bisect_left(positions, _id_key(entry_id))
-                if index == len(history):
-                    lags.append(float("inf"))
-                else:
-                    lags.append(max(0.0, history[index][0] - entry_seconds(entry_id)))
-        return lags

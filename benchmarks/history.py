@@ -10,6 +10,7 @@ ratio of the medians (SQLite); the PostgreSQL ratio is shown beside it.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 import uuid
@@ -36,6 +37,9 @@ def run(ctx: Context) -> list[Figure]:
     small, large = str(uuid.uuid4()), str(uuid.uuid4())
     with Pipeline(ctx, "history", scoring=0, sink=0, pump=False) as pipeline:
         settings = Settings(redis_url=pipeline.server.url, sink_url=pipeline.sink_url)
+        if "flush_min_interval_s" in {f.name for f in dataclasses.fields(Settings)}:
+            # The cost of one write is measured here, not the write coalescing.
+            settings = dataclasses.replace(settings, flush_min_interval_s=0.0)
         pipeline.register([small, large])
         sqlite = SqliteWriter(pipeline.db_path)
         generators = {}
@@ -48,17 +52,29 @@ def run(ctx: Context) -> list[Figure]:
             flush_job(pipeline.client, job, settings, sqlite)
             build_s[job] = round(time.monotonic() - start, 2)
         sqlite_costs = _measure(pipeline, settings, generators, sqlite, size["rounds"])
-        state_bytes = {job: len(pipeline.client.get(f"ckpt:{{{job}}}:state") or b"") for job in generators}
+        if ctx.profile_dir is not None:
+            _profile(ctx, pipeline, settings, generators, sqlite, {small: "10", large: "10000"})
+        state_bytes = {
+            job: pipeline.client.memory_usage(f"ckpt:{{{job}}}:state", samples=0)
+            for job in generators
+        }
         postgres_costs = _postgres(ctx, pipeline, settings, generators, size["rounds"], drain_job)
     figures = []
-    detail: dict[str, Any] = {"build_s": list(build_s.values()), "state_key_bytes": list(state_bytes.values())}
+    detail: dict[str, Any] = {
+        "build_s": list(build_s.values()),
+        "state_key_bytes": list(state_bytes.values()),
+    }
     for writer, costs in (("sqlite", sqlite_costs), ("postgres", postgres_costs)):
         if not costs:
             continue
-        medians = {part: {job: statistics.median(v) * 1000 for job, v in per.items()} for part, per in costs.items()}
+        medians = {
+            part: {job: statistics.median(v) * 1000 for job, v in per.items()}
+            for part, per in costs.items()
+        }
         for part in ("drain", "flush", "total"):
             detail[f"{writer}_{part}_ms_10_vs_10000"] = [
-                round(medians[part][small], 3), round(medians[part][large], 3)
+                round(medians[part][small], 3),
+                round(medians[part][large], 3),
             ]
         ratio = medians["total"][large] / medians["total"][small]
         detail[f"{writer}_ratio"] = round(ratio, 2)
@@ -66,7 +82,8 @@ def run(ctx: Context) -> list[Figure]:
             note = (
                 f"median of {size['rounds']} alternating rounds: drain+flush "
                 f"{medians['total'][small]:.2f} ms at 10 evals, {medians['total'][large]:.2f} ms "
-                f"at 10,000 (drain {medians['drain'][large]:.1f}, flush {medians['flush'][large]:.1f})"
+                f"at 10,000 (drain {medians['drain'][large]:.1f}, "
+                f"flush {medians['flush'][large]:.1f})"
             )
             figures.append(Figure("history_cost_ratio", ratio, "x", "<=", 1.5, note))
     if "postgres_ratio" in detail:
@@ -91,11 +108,15 @@ def _drain_all(drain_job, client, job: str, settings) -> None:
     raise RuntimeError(f"job {job} did not drain")
 
 
-def _measure(pipeline: Pipeline, settings, generators, writer, rounds: int) -> dict[str, dict[str, list[float]]]:
+def _measure(
+    pipeline: Pipeline, settings, generators, writer, rounds: int
+) -> dict[str, dict[str, list[float]]]:
     from scorer_worker.drain import drain_job
     from sink.flush import flush_job
 
-    costs: dict[str, dict[str, list[float]]] = {p: {j: [] for j in generators} for p in ("drain", "flush", "total")}
+    costs: dict[str, dict[str, list[float]]] = {
+        p: {j: [] for j in generators} for p in ("drain", "flush", "total")
+    }
     jobs = list(generators)
     for round_ in range(rounds + 2):
         order = jobs if round_ % 2 == 0 else jobs[::-1]
@@ -160,3 +181,15 @@ def _postgres(ctx: Context, pipeline: Pipeline, settings, generators, rounds: in
         server.remove()
         ctx.servers.remove(server)
 
+
+def _profile(ctx: Context, pipeline, settings, generators, writer, labels: dict) -> None:
+    """cProfile one more drain + flush of each job (``--profile``)."""
+    import cProfile
+
+    ctx.profile_dir.mkdir(parents=True, exist_ok=True)
+    for job, label in labels.items():
+        profiler = cProfile.Profile()
+        profiler.enable()
+        _measure(pipeline, settings, {job: generators[job]}, writer, 3)
+        profiler.disable()
+        profiler.dump_stats(ctx.profile_dir / f"history-{label}-evals.pstats")

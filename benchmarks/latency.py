@@ -1,10 +1,13 @@
 """Latency from an eval event's XADD to the job's row showing it, at 1,000 events/s.
 
-A load generator process publishes 1,000 events/s in total over ``jobs`` jobs (train logs,
-an eval every 10th step). Each eval's ``eval_loss`` encodes its index, so the harness, which
-reads the SQLite rows every 5 ms, knows which eval a row shows. An eval's latency is from its
+A load generator process publishes 1,000 events/s in total over 20 jobs (50 steps/s each:
+train logs, an eval every 100th step, so each job evaluates every 2 s). Each eval's
+``eval_loss`` encodes its index, so the harness, which reads the SQLite rows every 5 ms,
+knows which eval a row shows. An eval's latency is from its
 XADD (the server clock in its entry id) to the first read that shows it or a later eval of
-the same job (a flush that writes two evals updates the row for both).
+the same job (a flush that writes two evals updates the row for both). The time to the
+committed state (keyspace notifications, as in ``fanout``) is shown beside it, which splits
+the latency between the scoring side and the sink side.
 """
 
 from __future__ import annotations
@@ -13,9 +16,12 @@ import time
 from typing import Any
 
 from .common import (
+    CommitWatcher,
     Context,
     Figure,
     Pipeline,
+    command_delta,
+    command_stats,
     entry_seconds,
     finish_loadgen,
     percentile,
@@ -28,16 +34,20 @@ POLL_S = 0.005
 
 
 def sizes(quick: bool) -> dict[str, Any]:
-    return {"jobs": 20, "events_per_s": 1000, "duration_s": 10 if quick else 30, "eval_every": 10}
+    return {"jobs": 20, "events_per_s": 1000, "duration_s": 15 if quick else 45, "eval_every": 100}
 
 
 def run(ctx: Context) -> list[Figure]:
     size = ctx.sizes["latency"]
     jobs = [f"lat-{i:03d}" for i in range(size["jobs"])]
     seen: dict[str, list[tuple[float, int]]] = {job: [] for job in jobs}
-    with Pipeline(ctx, "latency") as pipeline:
+    with Pipeline(ctx, "latency", redis_args=["--notify-keyspace-events", "KA"]) as pipeline:
         pipeline.register(jobs)
         pipeline.start_processes()
+        watcher = CommitWatcher(pipeline.server.url, jobs)
+        watcher.start()
+        commands_before = command_stats(pipeline.client)
+        started = time.monotonic()
         process, output = start_loadgen(
             ctx, pipeline, "loadgen", jobs=jobs, rate_per_job=size["events_per_s"] / len(jobs),
             duration_s=size["duration_s"], record="eval", eval_every=size["eval_every"],
@@ -53,6 +63,9 @@ def run(ctx: Context) -> list[Figure]:
                 pipeline.check_alive()
                 _poll(conn, seen)
                 time.sleep(POLL_S)
+        watcher.stop()
+        commands = command_delta(commands_before, command_stats(pipeline.client), summary["sent"])
+        workers = pipeline.worker_stats(time.monotonic() - started)
     lags = []
     for job, events in summary["records"].items():
         shown = seen[job]
@@ -61,12 +74,18 @@ def run(ctx: Context) -> list[Figure]:
             lags.append(float("inf") if when is None else max(0.0, when - entry_seconds(entry_id)))
     ms = [lag * 1000 for lag in lags]
     missing = sum(1 for lag in lags if lag == float("inf"))
+    to_commit = [lag * 1000 for lag in watcher.lags(summary["records"])]
     ctx.details["latency"] = {
         "events_published": summary["sent"],
         "publish_rate_per_s": round(summary["rate"]),
         "evals_measured": len(ms),
         "evals_never_shown": missing,
         "p50_p90_p99_max_ms": [round(percentile(ms, q), 1) for q in (50, 90, 99, 100)],
+        "xadd_to_commit_p50_p90_p99_max_ms": [
+            round(percentile(to_commit, q), 1) for q in (50, 90, 99, 100)
+        ],
+        **commands,
+        "rq_workers": workers,
     }
     note = (
         f"{len(ms):,} evals over {len(jobs)} jobs at {round(summary['rate']):,} events/s, "

@@ -111,7 +111,9 @@ def run_worker_rss(ctx: Context) -> list[Figure]:
                     raise TimeoutError(f"chunk {chunk} was not drained in time")
                 time.sleep(0.05)
             samples.append(process_tree_rss(worker.pid))
-            ctx.log(f"  chunk {chunk + 1}/{size['chunks']}: worker RSS {samples[-1] / 2**20:.1f} MiB")
+            ctx.log(
+                f"  chunk {chunk + 1}/{size['chunks']}: worker RSS {samples[-1] / 2**20:.1f} MiB"
+            )
         elapsed = time.monotonic() - start
     growth = 100 * (samples[-1] - samples[0]) / samples[0]
     ctx.details["worker_rss"] = {
@@ -122,6 +124,7 @@ def run_worker_rss(ctx: Context) -> list[Figure]:
     }
     note = (
         f"{per_chunk * size['chunks'] * len(jobs):,} events over {len(jobs):,} jobs: "
-        f"{samples[0] / 2**20:.1f} MiB after the first tenth, {samples[-1] / 2**20:.1f} MiB at the end"
+        f"{samples[0] / 2**20:.1f} MiB after the first tenth, "
+        f"{samples[-1] / 2**20:.1f} MiB at the end"
     )
     return [Figure("worker_rss_growth_pct", growth, "%", "<=", 10, note)]

@@ -22,7 +22,7 @@ NAMES = ("events_per_s", "raw_xadd_per_s", "throughput_ratio")
 
 
 def sizes(quick: bool) -> dict[str, Any]:
-    return {"jobs": 30 if quick else 100, "events_per_job": 1000, "timeout_s": 60 if quick else 300}
+    return {"jobs": 100, "events_per_job": 1000, "timeout_s": 60 if quick else 300}
 
 
 def run(ctx: Context) -> list[Figure]:
@@ -47,6 +47,7 @@ def run(ctx: Context) -> list[Figure]:
             time.sleep(0.02)
         elapsed = time.monotonic() - start
         committed = _committed(pipeline, jobs, ids) if not finished else total
+        workers = pipeline.worker_stats(elapsed)
         raw_after = raw_xadd_rate(pipeline.client, streams)
         with sqlite_reader(pipeline.db_path) as conn:
             completed = conn.execute(
@@ -62,6 +63,7 @@ def run(ctx: Context) -> list[Figure]:
         "raw_xadd_per_s_before_after": [round(raw_before), round(raw_after)],
         "rows_completed": completed,
         "workers": "1 pump, 1 rq worker scoring, 1 rq worker sink",
+        "rq_workers": workers,
     }
     note = f"{len(jobs)} jobs x {size['events_per_job']:,} events, SQLite sink" + (
         "" if finished else f"; NOT caught up after {size['timeout_s']} s"

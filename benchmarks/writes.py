@@ -1,7 +1,7 @@
 """Row writes for a burst of 1,000 events in 10 s on one job (the old way: 2,000).
 
 A load generator process publishes 1,000 events to one job over 10 s (100/s: train logs and
-an eval every 10th step) while the pipeline runs. SQLite triggers count what the sink does to
+an eval every 100th step) while the pipeline runs. SQLite triggers count what the sink does to
 the database: each UPDATE of the job's ``local_training_jobs`` row (one per flush that wrote:
 the figure) and each metric row inserted, with the version it was written at (how many
 flushes also wrote metric rows). The count stops when the row holds the last event.
@@ -32,7 +32,7 @@ END;
 
 
 def sizes(quick: bool) -> dict[str, Any]:
-    return {"events": 1000, "duration_s": 10}
+    return {"events": 1000, "duration_s": 10, "eval_every": 100}
 
 
 def run(ctx: Context) -> list[Figure]:
@@ -45,6 +45,7 @@ def run(ctx: Context) -> list[Figure]:
         process, output = start_loadgen(
             ctx, pipeline, "loadgen", jobs=[JOB], rate_per_job=size["events"] / size["duration_s"],
             duration_s=size["duration_s"], max_events=size["events"], record="all",
+            eval_every=size["eval_every"],
         )  # fmt: skip
         summary = finish_loadgen(ctx, process, output, size["duration_s"] + 60)
         last = summary["records"][JOB][-1][2]
