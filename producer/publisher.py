@@ -19,11 +19,12 @@ from typing import Any
 
 from .events import Event, build_event, encode_event
 from .spool import Spool
-from .wire import EVENT_FIELD, stream_key
+from .wire import CHECKPOINT_SAVED, EVAL, EVENT_FIELD, TRAIN_BEGIN, TRAIN_END, stream_key
 
 log = logging.getLogger(__name__)
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+URGENT_KINDS = (TRAIN_BEGIN, EVAL, CHECKPOINT_SAVED, TRAIN_END)
 
 
 def default_spool_dir() -> Path:
@@ -43,7 +44,8 @@ class EventPublisher:
         spool_dir: where undeliverable events wait; defaults to :func:`default_spool_dir`.
         max_queue_events: memory bound; events published beyond it are counted as dropped.
         batch_max_events: events per pipelined XADD round.
-        flush_interval_ms: how long the thread lets events gather before sending.
+        flush_interval_ms: how long the thread lets training logs gather before sending; the
+            events users wait for (evals, checkpoints, begin and end) wake it at once.
         socket_timeout_s: Redis connect and read timeout, paid by the thread, never the caller.
         retry_max_s: longest wait between reconnection attempts while Redis is down.
         redis_client: an existing ``redis.Redis`` to use instead of ``redis_url``.
@@ -60,7 +62,7 @@ class EventPublisher:
         spool_dir: str | os.PathLike[str] | None = None,
         max_queue_events: int = 100_000,
         batch_max_events: int = 500,
-        flush_interval_ms: int = 50,
+        flush_interval_ms: int = 1000,
         socket_timeout_s: float = 2.0,
         retry_max_s: float = 5.0,
         redis_client: Any = None,
@@ -106,7 +108,8 @@ class EventPublisher:
             return False
         self._queue.append(event)
         self._published += 1
-        if len(self._queue) >= self.batch_max_events:
+        # Waking the thread per train log would take the GIL from training every step.
+        if event.get("kind") in URGENT_KINDS or len(self._queue) >= self.batch_max_events:
             self._wake.set()
         return True
 
