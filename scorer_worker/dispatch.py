@@ -8,12 +8,18 @@ tasks themselves are idempotent, so a duplicate costs only time.
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from rq import Queue
 
 from . import keys
+from .errors import PipelineError
 from .settings import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def enqueue_many(
@@ -51,3 +57,27 @@ def enqueue_many(
 def clear_marker(redis: Any, queue_name: str, job_id: str) -> None:
     """Called by a task as it starts: later work for the job needs a new task."""
     redis.delete(keys.queued(job_id, queue_name))
+
+
+def for_each_job(job_ids: list[str], work: Callable[[str], T], what: str) -> dict[str, T]:
+    """Run ``work(job_id)`` for every job; one job's failure does not stop the others.
+
+    This is the worker boundary: any exception is logged and collected.
+
+    Returns:
+        The results of the jobs that succeeded.
+
+    Raises:
+        PipelineError: after all jobs ran, when some of them raised (RQ records the failure).
+    """
+    results: dict[str, T] = {}
+    failed: dict[str, str] = {}
+    for job_id in job_ids:
+        try:
+            results[job_id] = work(job_id)
+        except Exception as exc:  # decided here: record it, the pump enqueues the job again
+            log.exception("%s of %s failed", what, job_id)
+            failed[job_id] = f"{type(exc).__name__}: {exc}"
+    if failed:
+        raise PipelineError(f"{len(failed)} of {len(job_ids)} {what}s failed: {failed}")
+    return results

@@ -8,9 +8,8 @@ from typing import Any
 
 from . import keys
 from .connection import task_connection
-from .dispatch import clear_marker, enqueue_many
-from .drain import drain_job
-from .errors import PipelineError
+from .dispatch import clear_marker, enqueue_many, for_each_job
+from .drain import DrainResult, drain_job
 from .levels import read_levels
 from .settings import Settings
 
@@ -44,21 +43,19 @@ def drain_jobs(job_ids: list[str]) -> dict:
     for job_id in job_ids:
         clear_marker(redis, keys.SCORING_QUEUE, job_id)
     deadline = time.monotonic() + settings.drain_budget_s
-    versions, behind, failed, events = {}, [], {}, 0
-    for job_id in job_ids:
-        try:
-            result = drain_job(redis, job_id, settings, deadline=deadline)
-        except Exception as exc:  # the worker boundary: record, go on with the other jobs
-            log.exception("drain of %s failed", job_id)
-            failed[job_id] = f"{type(exc).__name__}: {exc}"
-            continue
-        versions[job_id], events = result.version, events + result.events
-        if not result.caught_up:
-            behind.append(job_id)
-    _request_flushes(redis, versions, settings)
-    enqueue_many(redis, keys.SCORING_QUEUE, keys.DRAIN_JOBS_TASK, behind, settings)
-    if failed:
-        raise PipelineError(f"{len(failed)} of {len(job_ids)} drains failed: {failed}")
+    results: dict[str, DrainResult] = {}  # kept even if some job fails
+
+    def drain_one(job_id: str) -> DrainResult:
+        results[job_id] = drain_job(redis, job_id, settings, deadline=deadline)
+        return results[job_id]
+
+    try:
+        for_each_job(job_ids, drain_one, "drain")
+    finally:  # even when some job failed, the others' flushes and follow-ups are asked for
+        _request_flushes(redis, {j: r.version for j, r in results.items()}, settings)
+        behind = [j for j, r in results.items() if not r.caught_up]
+        enqueue_many(redis, keys.SCORING_QUEUE, keys.DRAIN_JOBS_TASK, behind, settings)
+    events = sum(r.events for r in results.values())
     return {"jobs": len(job_ids), "events": events, "behind": len(behind)}
 
 

@@ -6,8 +6,7 @@ import logging
 
 from scorer_worker import keys
 from scorer_worker.connection import task_connection
-from scorer_worker.dispatch import clear_marker
-from scorer_worker.errors import PipelineError
+from scorer_worker.dispatch import clear_marker, for_each_job
 from scorer_worker.settings import Settings
 
 from .flush import flush_job
@@ -38,17 +37,11 @@ def flush_jobs(job_ids: list[str]) -> dict:
     redis = task_connection(settings)
     for job_id in job_ids:
         clear_marker(redis, keys.SINK_QUEUE, job_id)
-    outcomes, failed = {}, {}
     writer = writer_from_settings(settings)
     try:
-        for job_id in job_ids:
-            try:
-                outcomes[job_id] = flush_job(redis, job_id, settings, writer).outcome
-            except Exception as exc:  # the worker boundary: record, go on with the other jobs
-                log.exception("flush of %s failed", job_id)
-                failed[job_id] = f"{type(exc).__name__}: {exc}"
+        results = for_each_job(
+            job_ids, lambda job_id: flush_job(redis, job_id, settings, writer), "flush"
+        )
     finally:
         writer.close()
-    if failed:
-        raise PipelineError(f"{len(failed)} of {len(job_ids)} flushes failed: {failed}")
-    return outcomes
+    return {job_id: result.outcome for job_id, result in results.items()}
