@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from .errors import PipelineError
 from .settings import Settings
@@ -57,6 +58,9 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except (PipelineError, ValueError, FileNotFoundError, RuntimeError) as exc:
             click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except RedisConnectionError as exc:  # no traceback for the commonest operator error
+            click.echo(f"error: Redis is unreachable ({exc}); check REDIS_URL", err=True)
             sys.exit(2)
 
 

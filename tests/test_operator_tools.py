@@ -136,3 +136,10 @@ def test_spool_flush_reports_what_it_could_not_deliver(tmp_path, monkeypatch):
     done = cli("spool", "flush", str(tmp_path), "--timeout-s", "5")
     assert done.returncode == 1 and "still spooled" in done.stdout
     pytest.importorskip("redis")
+
+
+def test_an_unreachable_redis_is_one_clear_line(monkeypatch):
+    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
+    done = cli("status", JOB)
+    assert done.returncode == 2
+    assert "Redis is unreachable" in done.stderr and "Traceback" not in done.stderr
