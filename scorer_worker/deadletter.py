@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -97,8 +96,3 @@ def _text(value: Any) -> str:
     return (
         value.decode("utf-8", errors="backslashreplace") if isinstance(value, bytes) else str(value)
     )
-
-
-def as_json(letter: DeadLetter) -> str:
-    """Return a dead letter as a JSON object (for the CLI)."""
-    return json.dumps(letter.__dict__)

@@ -58,6 +58,11 @@ def read_levels(redis: Any, job_ids: list[str]) -> list[Levels]:
     return [_levels(length, meta) for length, meta in zip(replies[::2], replies[1::2], strict=True)]
 
 
+def levels_from_meta(meta: dict[str, Any]) -> Levels:
+    """Build levels from a job's meta hash already read (stream length not included)."""
+    return _levels(0, [meta.get(name) for name in _META_FIELDS])
+
+
 def _levels(length: int, meta: list[Any]) -> Levels:
     version, written, status, eval_version, last_flush_at = (_text(v) for v in meta)
     return Levels(

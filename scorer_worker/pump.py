@@ -116,11 +116,13 @@ class Pump:
             How many jobs were added.
         """
         self._last_discovery = time.monotonic()
-        found = []
+        candidates = []
         for key in self.redis.scan_iter(match=STREAM_PATTERN, count=1000, _type="stream"):
             job_id = job_of_stream_key(_text(key))
-            if job_id and self.owns(job_id) and self.redis.xlen(key) > 0:
-                found.append(job_id)
+            if job_id and self.owns(job_id):
+                candidates.append(job_id)
+        levels = read_levels(self.redis, candidates)  # one pipelined round trip, not one per key
+        found = [j for j, level in zip(candidates, levels, strict=True) if level.undrained > 0]
         added = self.redis.sadd(keys.JOBS, *found) if found else 0
         if added:
             log.info("pump discovered %d unregistered job stream(s)", added)

@@ -49,9 +49,3 @@ def drop_pod_user(redis: Any, job_id: str) -> bool:
     redis.acl_deluser(username.decode() if isinstance(username, bytes) else username)
     redis.hdel(keys.meta(job_id), "pod_user")
     return True
-
-
-def job_token(redis: Any, job_id: str) -> str | None:
-    """Return the registered token of ``job_id``, or None."""
-    token = redis.hget(keys.meta(job_id), "token")
-    return token.decode() if isinstance(token, bytes) else token

@@ -9,7 +9,7 @@ The weights are configuration: a named profile with a version, recorded on the r
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError
@@ -120,8 +120,3 @@ def _capped_perplexity_ratio(eval_loss: float) -> float:
 
 def _diverged(context: dict[str, Any], reason: str) -> Score:
     return Score(math.inf, {**context, "score": math.inf, "diverged": True, "reason": reason})
-
-
-def profile_dict(profile: Profile) -> dict[str, Any]:
-    """Return the profile as a plain dict (for logs and the row)."""
-    return asdict(profile)

@@ -12,7 +12,7 @@ from redis.exceptions import WatchError
 
 from scorer_worker import keys
 from scorer_worker.errors import PermanentSinkError, TransientSinkError
-from scorer_worker.levels import read_levels
+from scorer_worker.levels import levels_from_meta
 from scorer_worker.settings import Settings
 from scorer_worker.state import JobState
 from scorer_worker.store import load_state
@@ -72,10 +72,10 @@ def _flush_locked(
     redis: Any, job_id: str, settings: Settings, writer: Any, sleep: _LockRenewer
 ) -> FlushResult:
     meta = {_text(k): _text(v) for k, v in redis.hgetall(keys.meta(job_id)).items()}
-    written = int(meta.get("written_version") or 0)
+    levels = levels_from_meta(meta)
+    written = levels.written
     if not redis.exists(keys.state(job_id)):
         return FlushResult(job_id, "up-to-date")
-    (levels,) = read_levels(redis, [job_id])
     if levels.version <= levels.written:
         return FlushResult(job_id, "up-to-date", levels.version)
     if not levels.flush_due(time.time(), settings.flush_min_interval_s):
