@@ -206,7 +206,9 @@ def test_with_default_timeouts_a_job_held_by_a_dead_worker_converges_within_60s(
     half = EVENTS_PER_JOB // 2
     for job in jobs:
         xadd_many(client, job.id, events[job.id][:half])
-    aimed = [chaos.kill("task-start", wait_s=20), chaos.kill("mid-flush", wait_s=20)]
+    # Mid-flush first: a worker killed holding a task blocks every job of that task (up to
+    # CKPT_DISPATCH_BATCH_JOBS) until the marker's TTL, and no flush would run meanwhile.
+    aimed = [chaos.kill("mid-flush", wait_s=20), chaos.kill("task-start", wait_s=20)]
     for job in jobs:  # the rest arrives after the kills: held jobs have work waiting
         xadd_many(client, job.id, events[job.id][half:])
     converge_s = wait_converged(client, ids, timeout_s=90)
