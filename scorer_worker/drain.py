@@ -13,6 +13,7 @@ from . import keys
 from .deadletter import DeadLetter, make_dead_letter
 from .errors import InvalidEvent, PoisonEvent, StateConflict
 from .models import WireEvent, decode_entry
+from .scoring import get_profile
 from .settings import Settings
 from .store import StateTransaction
 
@@ -75,20 +76,16 @@ def _drain_batch(
         given_up = _poison_given_up(redis, job_id, settings.poison_max_attempts)
         decoded = [(entry_id, fields, _decode(job_id, fields)) for entry_id, fields in entries]
         txn.load_for(e for entry_id, _, e in decoded if isinstance(e, WireEvent))
-        dead: list[DeadLetter] = []
-        changed = False
-        for entry_id, fields, event in decoded:
-            if entry_id in given_up:
-                reason, raw = given_up[entry_id], fields.get(b"event", fields.get("event"))
-            elif isinstance(event, InvalidEvent):
-                reason, raw = event.reason, event.raw
-            else:
-                reason, raw = None, _apply(txn.state, job_id, entry_id, event, redis, settings)
-            if reason is None:
-                changed = changed or raw
-            else:
-                cap = settings.dead_payload_max_bytes
-                dead.append(make_dead_letter(job_id, entry_id, reason, raw, cap, secrets))
+        fold = _Fold(txn, redis, job_id, settings, secrets)
+        try:
+            fold.run(decoded, given_up)
+        except _NeedsFullLoad:
+            # An event did not extend the run (a resume, a late or replaced record): fold the
+            # batch again over the whole state; the commit rebuilds the summary.
+            txn.load_all()
+            fold = _Fold(txn, redis, job_id, settings, secrets)
+            fold.run(decoded, given_up)
+        dead, changed = fold.dead, fold.changed
         state = txn.state
         state.cursor = entries[-1][0]
         state.dead_letters += len(dead)
@@ -114,24 +111,71 @@ def _secrets(redis: Any, job_id: str) -> tuple[str, ...]:
     return tuple(v.decode() if isinstance(v, bytes) else v for v in values if v)
 
 
-def _apply(
-    state: Any, job_id: str, entry_id: str, event: WireEvent, redis: Any, settings: Settings
-) -> bool:
-    """Apply one valid event; return whether the state changed.
+class _Fold:
+    """Folds a batch's entries into the transaction's state, collecting dead letters."""
 
-    Raises:
-        PoisonEvent: applying it raised; the batch is abandoned uncommitted and retried, up
-            to ``settings.poison_max_attempts`` times.
-    """
-    try:
-        return state.apply(event)
-    except Exception as exc:  # a scoring bug: retry a few times, then dead-letter the event
+    def __init__(
+        self,
+        txn: StateTransaction,
+        redis: Any,
+        job_id: str,
+        settings: Settings,
+        secrets: tuple[str, ...],
+    ) -> None:
+        self.txn, self.redis, self.job_id, self.settings = txn, redis, job_id, settings
+        self.secrets = secrets
+        self.dead: list[DeadLetter] = []
+        self.changed = False
+
+    def run(self, decoded: list[tuple[str, dict, Any]], given_up: dict[str, str]) -> None:
+        """Apply the valid entries in order; dead-letter the invalid and given-up ones."""
+        for entry_id, fields, event in decoded:
+            if entry_id in given_up:
+                self._dead(entry_id, given_up[entry_id], fields.get(b"event", fields.get("event")))
+            elif isinstance(event, InvalidEvent):
+                self._dead(entry_id, event.reason, event.raw)
+            else:
+                self.changed = self._apply(entry_id, event) or self.changed
+
+    def _dead(self, entry_id: str, reason: str, raw: Any) -> None:
+        cap = self.settings.dead_payload_max_bytes
+        self.dead.append(make_dead_letter(self.job_id, entry_id, reason, raw, cap, self.secrets))
+
+    def _apply(self, entry_id: str, event: WireEvent) -> bool:
+        """Apply one valid event and update the summary; return whether the state changed.
+
+        Raises:
+            _NeedsFullLoad: the summary cannot take the event incrementally.
+            PoisonEvent: applying it raised; the batch is abandoned uncommitted and retried,
+                up to ``settings.poison_max_attempts`` times.
+        """
+        txn, state = self.txn, self.txn.state
+        try:
+            if not (txn.full or state.summary.accepts(event, state)):
+                if state.would_change(event):
+                    raise _NeedsFullLoad
+                return False  # a duplicate or superseded event: nothing to rebuild
+            changed = state.apply(event)
+            if changed and not txn.full:
+                state.summary.observe(event, state, get_profile(state.profile), txn.load_evals)
+            return changed
+        except _NeedsFullLoad:
+            raise
+        except Exception as exc:  # a scoring bug: retry a few times, then dead-letter the event
+            raise self._poison(entry_id, exc) from exc
+
+    def _poison(self, entry_id: str, exc: Exception) -> Exception:
+        """Count the failure; return what to raise (give up, or retry the batch later)."""
         reason = f"scoring raised {type(exc).__name__}: {exc}"
-        attempts = _count_poison(redis, job_id, entry_id, reason)
-        log.exception("event %s of job %s failed (attempt %d)", entry_id, job_id, attempts)
-        if attempts >= settings.poison_max_attempts:
-            raise _PoisonGaveUp from None
-        raise PoisonEvent(f"event {entry_id} of job {job_id}: {reason}") from exc
+        attempts = _count_poison(self.redis, self.job_id, entry_id, reason)
+        log.exception("event %s of job %s failed (attempt %d)", entry_id, self.job_id, attempts)
+        if attempts >= self.settings.poison_max_attempts:
+            return _PoisonGaveUp()
+        return PoisonEvent(f"event {entry_id} of job {self.job_id}: {reason}")
+
+
+class _NeedsFullLoad(Exception):
+    """Internal: the batch must be folded again over the fully loaded state."""
 
 
 class _PoisonGaveUp(Exception):

@@ -22,6 +22,14 @@ def state(job_id: str) -> str:
     return f"ckpt:{{{job_id}}}:state"
 
 
+def changes(job_id: str) -> str:
+    """Steps whose records changed, scored by the state version that changed them (a zset).
+
+    The drain adds to it; the sink reads the steps above what it wrote and trims the rest.
+    """
+    return f"ckpt:{{{job_id}}}:changes"
+
+
 def meta(job_id: str) -> str:
     """The job's registration and what the sink last wrote (a hash)."""
     return f"ckpt:{{{job_id}}}:meta"

@@ -14,10 +14,17 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from producer.wire import CHECKPOINT_PREFIX, checkpoint_step
+from producer.wire import CHECKPOINT_PREFIX
 
-from .scoring import DEFAULT_PROFILE, Profile, is_usable_loss, score_eval
+from .scoring import (
+    DEFAULT_PROFILE,
+    Profile,
+    epochs_without_improvement,
+    is_usable_loss,
+    score_eval,
+)
 from .state import JobState
+from .summary import Pick, Summary, retained_steps
 
 
 @dataclass(frozen=True)
@@ -58,7 +65,11 @@ def decide(state: JobState, profile: Profile = DEFAULT_PROFILE) -> Decision:
     previous: ScoredEval | None = None
     for step in sorted(state.evals):
         record = state.evals[step]
-        ewi = _epochs_without_improvement(record.eval_loss, previous)
+        ewi = epochs_without_improvement(
+            record.eval_loss,
+            previous.eval_loss if previous else None,
+            previous.epochs_without_improvement if previous else None,
+        )
         train_loss = _paired(train_steps, train_losses, step)
         result = score_eval(record.eval_loss, train_loss, ewi, profile)
         eligible = retained is None or step in retained
@@ -71,22 +82,59 @@ def decide(state: JobState, profile: Profile = DEFAULT_PROFILE) -> Decision:
     return Decision(scored, _best(scored), _best_by_eval_loss(scored), profile)
 
 
-def _epochs_without_improvement(eval_loss: float | None, previous: ScoredEval | None) -> int:
-    if previous is None:
-        return 0
-    improved = (
-        eval_loss is not None
-        and previous.eval_loss is not None
-        and eval_loss < previous.eval_loss  # NaN compares False: no improvement
+def summarize(state: JobState, profile: Profile = DEFAULT_PROFILE) -> Summary:
+    """Compute the row's aggregates of a fully loaded state from scratch.
+
+    The reference for the drain's incremental :class:`Summary`; it also stores each
+    evaluation's context (paired train loss, epochs without improvement) on its record, which
+    the incremental path reads when a new checkpoint changes the retained set.
+    """
+    decision = decide(state, profile)
+    for scored in decision.evals:
+        record = state.evals[scored.step]
+        record.paired_train_loss = scored.train_loss
+        record.epochs_without_improvement = scored.epochs_without_improvement
+    latest = state.latest_save
+    records = [*state.train.items(), *state.evals.items()]
+    epochs = [(step, r.epoch) for step, r in records if r.epoch is not None]
+    return Summary(
+        first_ts=state.first_ts,
+        last_ts=state.last_ts,
+        max_step=state.max_step,
+        max_train_step=max(state.train, default=None),
+        max_eval_step=max(state.evals, default=None),
+        epoch_at=max(epochs) if epochs else None,
+        latest_train=_latest_train(state),
+        last_eval=_pick(decision.evals[-1]) if decision.evals else None,
+        previous_eval_loss=decision.evals[-2].eval_loss if len(decision.evals) > 1 else None,
+        latest_save=(latest.ts, latest.checkpoint) if latest else None,
+        retained=retained_steps(latest.retained) if latest else None,
+        best=_pick(decision.best),
+        best_by_eval_loss=_pick(decision.best_by_eval_loss),
     )
-    return 0 if improved else previous.epochs_without_improvement + 1
+
+
+def _latest_train(state: JobState) -> dict[str, tuple[int, float]]:
+    latest = {}
+    for name in ("loss", "learning_rate", "grad_norm"):
+        steps = [s for s, r in state.train.items() if getattr(r, name) is not None]
+        if steps:
+            latest[name] = (max(steps), getattr(state.train[max(steps)], name))
+    return latest
+
+
+def _pick(scored: ScoredEval | None) -> Pick | None:
+    if scored is None:
+        return None
+    return Pick(
+        scored.step, scored.epoch, scored.eval_loss, scored.train_loss,
+        scored.epochs_without_improvement, scored.score,
+    )  # fmt: skip
 
 
 def _retained_steps(state: JobState) -> set[int] | None:
     latest = state.latest_save
-    if latest is None:
-        return None
-    return {step for name in latest.retained if (step := checkpoint_step(name)) is not None}
+    return None if latest is None else set(retained_steps(latest.retained))
 
 
 def _train_losses(state: JobState) -> tuple[list[int], list[float]]:

@@ -53,6 +53,20 @@ def is_usable_loss(value: float | None) -> bool:
     return value is not None and math.isfinite(value) and value >= 0
 
 
+def epochs_without_improvement(
+    eval_loss: float | None, previous_loss: float | None, previous_count: int | None
+) -> int:
+    """Return the count of an evaluation given the previous one's loss and count.
+
+    0 for the first evaluation (``previous_count`` None) or one whose loss is lower than the
+    previous loss; else the previous count + 1. Missing or NaN losses never improve.
+    """
+    if previous_count is None:
+        return 0
+    improved = eval_loss is not None and previous_loss is not None and eval_loss < previous_loss
+    return 0 if improved else previous_count + 1
+
+
 @dataclass(frozen=True)
 class Score:
     """A score and the terms it is made of."""

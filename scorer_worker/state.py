@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .models import CheckpointInfo, TrainBeginInfo, TrainEndInfo, WireEvent
+from .summary import Summary
 
 STATE_FORMAT = 1
 INITIAL_CURSOR = "0-0"
@@ -57,6 +58,9 @@ class EvalRecord:
     epoch: float | None
     eval_loss: float | None
     changed: int = 0
+    # Derived context (not facts), kept so a new checkpoint can re-pick without a full load.
+    paired_train_loss: float | None = None
+    epochs_without_improvement: int = 0
 
 
 @dataclass
@@ -96,6 +100,7 @@ class JobState:
     dead_letters: int = 0
     eval_version: int = 0  # state version at which an evaluation last changed
     packed: bool = False  # the records are stored compressed (a finished job)
+    summary: Summary | None = None  # the row's aggregates; None until rebuilt from all records
 
     def apply(self, event: WireEvent) -> bool:
         """Fold one validated event into the state.
@@ -106,6 +111,17 @@ class JobState:
         if event.kind != "train_begin" and self._superseded(event.ts, event.step):
             return False
         return _APPLY[event.kind](self, event)
+
+    def would_change(self, event: WireEvent) -> bool:
+        """Return True when applying ``event`` would change the state; the state is untouched."""
+        trial = replace(
+            self,
+            begins=list(self.begins),
+            train=dict(self.train),
+            evals=dict(self.evals),
+            saves=dict(self.saves),
+        )
+        return trial.apply(event)
 
     @property
     def first_ts(self) -> float | None:
@@ -228,6 +244,7 @@ class JobState:
     def to_json(self) -> str:
         """Encode the state (NaN and infinities are kept as JSON extensions)."""
         data = asdict(self)
+        data["summary"] = self.summary.to_dict() if self.summary else None
         data["format"] = STATE_FORMAT
         for name in ("train", "evals", "saves"):
             data[name] = {str(step): list(rec.values()) for step, rec in data[name].items()}
@@ -240,6 +257,7 @@ class JobState:
         data.pop("format", None)
         data["begins"] = [Begin(**b) for b in data["begins"]]
         data["end"] = End(**data["end"]) if data["end"] else None
+        data["summary"] = Summary.from_dict(data["summary"]) if data.get("summary") else None
         for name, kind in (("train", TrainRecord), ("evals", EvalRecord), ("saves", SaveRecord)):
             data[name] = {int(step): kind(*values) for step, values in data[name].items()}
         return cls(**data)
@@ -250,6 +268,7 @@ class JobState:
         data = {name: getattr(self, name) for name in HEAD_NAMES}
         data["begins"] = [asdict(begin) for begin in self.begins]
         data["end"] = asdict(self.end) if self.end else None
+        data["summary"] = self.summary.to_dict() if self.summary else None
         data["format"] = STATE_FORMAT
         return json.dumps(data, separators=(",", ":"))
 
@@ -257,11 +276,12 @@ class JobState:
     def from_head(cls, job_id: str, raw: str | bytes | None, profile: str = "default") -> JobState:
         """Decode a head written by :meth:`head_json`; no records are loaded yet."""
         if not raw:
-            return cls(job_id, profile=profile)
+            return cls(job_id, profile=profile, summary=Summary())
         data = json.loads(raw)
         data.pop("format", None)
         data["begins"] = [Begin(**b) for b in data["begins"]]
         data["end"] = End(**data["end"]) if data["end"] else None
+        data["summary"] = Summary.from_dict(data["summary"]) if data.get("summary") else None
         return cls(**data)
 
     def record_fields(self) -> dict[str, str]:
@@ -304,20 +324,29 @@ class JobState:
     def fingerprint(self) -> str:
         """Encode the facts only (no cursor, version or change marks), to compare states."""
         data = json.loads(self.to_json())
-        for name in ("version", "cursor", "dead_letters", "packed", "eval_version"):
+        for name in ("version", "cursor", "dead_letters", "packed", "eval_version", "summary"):
             data.pop(name, None)
-        for name in ("train", "evals"):
-            data[name] = {step: values[:-1] for step, values in data[name].items()}
+        for name, kind in (("train", TrainRecord), ("evals", EvalRecord)):
+            facts = len(_fact_names(kind))
+            data[name] = {step: values[:facts] for step, values in data[name].items()}
         return json.dumps(data, sort_keys=True)
 
 
 HEAD_NAMES = tuple(name for name in JobState.__dataclass_fields__ if name not in RECORD_PREFIXES)
 
 
+_NOT_FACTS = ("changed", "paired_train_loss", "epochs_without_improvement")
+
+
+def _fact_names(kind: type) -> tuple[str, ...]:
+    # The facts come first in every record; bookkeeping and derived fields follow.
+    return tuple(name for name in kind.__dataclass_fields__ if name not in _NOT_FACTS)
+
+
 def _rank(record: Any) -> tuple[float, str]:
     # Latest timestamp wins; equal timestamps are broken by content so the winner never
     # depends on arrival order.
-    values = {k: v for k, v in asdict(record).items() if k != "changed"}
+    values = {k: getattr(record, k) for k in _fact_names(type(record))}
     return (record.ts, json.dumps(values, sort_keys=True))
 
 

@@ -5,6 +5,10 @@ and one field per step record (``t:40``, ``e:40``, ``s:40``). A drain reads the 
 the records its batch touches, so applying an event costs the same for a job with ten evals
 as for one with ten thousand. A batch holding a ``train_begin`` (which may drop records of an
 earlier attempt) reads the whole hash. Finished jobs are compacted into one zlib blob.
+
+Each commit also adds the steps it changed to ``ckpt:{<job>}:changes`` (scored by version),
+so the sink reads the head (with its :class:`~scorer_worker.summary.Summary`) and only the
+records changed since its last write: a flush costs the same at any history length too.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from . import keys
 from .deadletter import DeadLetter, add_dead_letters
 from .errors import StateConflict
 from .models import WireEvent
+from .ranking import summarize
+from .scoring import get_profile
 from .state import HEAD_FIELD, RECORD_PREFIXES, JobState
 
 _KIND_PREFIX = {
@@ -30,6 +36,31 @@ _KIND_PREFIX = {
 def load_state(redis: Any, job_id: str, profile: str = "default") -> JobState:
     """Return the committed state of ``job_id``, all records loaded (fresh if none)."""
     return JobState.from_fields(job_id, redis.hgetall(keys.state(job_id)), profile)
+
+
+def load_for_row(redis: Any, job_id: str, written_version: int) -> JobState:
+    """Return what a row write needs: the head with its summary, and changed records only.
+
+    The records loaded are those of the steps changed after ``written_version``. Everything is
+    loaded (and summarized) instead when nothing was written yet (a new or re-registered job
+    gets all its metric rows), when the records are packed, or when the head carries no
+    summary (a state written before summaries existed).
+    """
+    key = keys.state(job_id)
+    if written_version > 0:
+        with redis.pipeline(transaction=True) as pipe:
+            pipe.hget(key, HEAD_FIELD)
+            pipe.zrangebyscore(keys.changes(job_id), f"({written_version}", "+inf")
+            head, steps = pipe.execute()
+        state = JobState.from_head(job_id, head)
+        if head and state.summary is not None and not state.packed:
+            names = [f"{prefix}{int(step)}" for step in steps for prefix in ("t:", "e:")]
+            if names:
+                state.load_records(dict(zip(names, redis.hmget(key, names), strict=True)))
+            return state
+    state = load_state(redis, job_id)
+    state.summary = summarize(state, get_profile(state.profile))
+    return state
 
 
 def next_stream_id(entry_id: str) -> str:
@@ -89,22 +120,36 @@ class StateTransaction:
         entries = self._pipe.xrange(keys.events(self.job_id), f"({self.state.cursor}", "+", count)
         return [(_text(entry_id), fields) for entry_id, fields in entries]
 
+    @property
+    def full(self) -> bool:
+        """True once every record is loaded (the summary is then rebuilt, not updated)."""
+        return self._full
+
     def load_for(self, events: Iterable[WireEvent]) -> None:
         """Load the records that folding ``events`` reads: theirs, or all for a train_begin."""
         events = list(events)
-        if self.state.packed or any(e.kind == "train_begin" for e in events):
-            self._load_all()
+        state = self.state
+        if state.packed or state.summary is None or any(e.kind == "train_begin" for e in events):
+            self.load_all()
             return
-        wanted = {f"{_KIND_PREFIX[e.kind]}{e.step}" for e in events if e.kind in _KIND_PREFIX}
+        kinds = _KIND_PREFIX
+        self._load_fields({f"{kinds[e.kind]}{e.step}" for e in events if e.kind in kinds})
+
+    def load_evals(self, steps: Iterable[int]) -> None:
+        """Load the evaluation records at ``steps`` that are not loaded yet."""
+        self._load_fields({f"{RECORD_PREFIXES['evals']}{step}" for step in steps})
+
+    def _load_fields(self, wanted: set[str]) -> None:
         wanted -= set(self._loaded)
-        if wanted:
+        if wanted and not self._full:
             names = sorted(wanted)
             values = self._pipe.hmget(self._key, names)
             found = {name: _text(value) for name, value in zip(names, values, strict=True)}
             self._loaded.update(found)
             self.state.load_records(found)
 
-    def _load_all(self) -> None:
+    def load_all(self) -> None:
+        """Load the whole state afresh (head and every record), dropping what was folded."""
         if self._full:
             return
         self.state = JobState.from_fields(
@@ -120,6 +165,8 @@ class StateTransaction:
             StateConflict: the state changed since it was read.
         """
         state, pipe = self.state, self._pipe
+        if self._full:  # the reference rebuild; it also refreshes each eval's stored context
+            state.summary = summarize(state, get_profile(state.profile))
         fields = state.record_fields()
         changed = {name: value for name, value in fields.items() if self._loaded.get(name) != value}
         pipe.multi()
@@ -135,6 +182,9 @@ class StateTransaction:
             "eval_version": state.eval_version,
         }
         pipe.hset(keys.meta(self.job_id), mapping=meta)
+        steps = _changed_steps(state, everything=self._full)
+        if steps:
+            pipe.zadd(keys.changes(self.job_id), steps)
         add_dead_letters(pipe, dead_letters)
         for name in clear_fields:  # e.g. the retry counters of a poison event now dead
             pipe.hdel(keys.meta(self.job_id), name, f"{name}:n")
@@ -144,6 +194,16 @@ class StateTransaction:
             pipe.execute()
         except WatchError:
             raise StateConflict(f"state of {self.job_id} changed concurrently") from None
+
+
+def _changed_steps(state: JobState, everything: bool) -> dict[str, int]:
+    """Steps whose train or eval record this commit wrote (all loaded ones after a full load)."""
+    scores: dict[str, int] = {}
+    for records in (state.train, state.evals):
+        for step, record in records.items():
+            if everything or record.changed == state.version:
+                scores[str(step)] = max(scores.get(str(step), 0), record.changed)
+    return scores
 
 
 def _text(value: Any) -> Any:

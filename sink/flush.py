@@ -15,7 +15,7 @@ from scorer_worker.errors import PermanentSinkError, TransientSinkError
 from scorer_worker.levels import levels_from_meta
 from scorer_worker.settings import Settings
 from scorer_worker.state import JobState
-from scorer_worker.store import load_state
+from scorer_worker.store import load_for_row
 
 from .rows import job_row, metric_rows
 from .writers import retrying_write, writer_from_settings
@@ -81,7 +81,7 @@ def _flush_locked(
     if not levels.flush_due(time.time(), settings.flush_min_interval_s):
         # Coalescing: the pump enqueues the write again as soon as it is due.
         return FlushResult(job_id, "deferred", levels.version)
-    state = load_state(redis, job_id)
+    state = load_for_row(redis, job_id, written)
     if state.version <= written:
         return FlushResult(job_id, "up-to-date", state.version)
     token = meta.get("token")
@@ -124,8 +124,11 @@ def _write(
         _record_transient(redis, job_id, exc)
         return FlushResult(job_id, "error", state.version)
     _raise_written(redis, job_id, state.version)
-    redis.hdel(keys.meta(job_id), "sink_error", "sink_error_kind")
-    redis.hset(keys.meta(job_id), "last_flush_at", repr(time.time()))  # see levels.flush_due
+    with redis.pipeline(transaction=False) as pipe:
+        pipe.hdel(keys.meta(job_id), "sink_error", "sink_error_kind")
+        pipe.hset(keys.meta(job_id), "last_flush_at", repr(time.time()))  # see levels.flush_due
+        pipe.zremrangebyscore(keys.changes(job_id), "-inf", state.version)  # written: forget
+        pipe.execute()
     return FlushResult(job_id, str(outcome.value), state.version, len(metrics))
 
 

@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from scorer_worker.ranking import Decision, decide
-from scorer_worker.scoring import get_profile
+from producer.wire import CHECKPOINT_PREFIX
+from scorer_worker.ranking import summarize
+from scorer_worker.scoring import Profile, get_profile, is_usable_loss, score_eval
 from scorer_worker.state import JobState
+from scorer_worker.summary import Pick, Summary
 
 
 @dataclass(frozen=True)
@@ -72,47 +74,48 @@ METRIC_COLUMN_NAMES = tuple(c.name for c in METRIC_COLUMNS)
 TREND_TOLERANCE = 0.01
 
 
-def job_row(state: JobState, decision: Decision | None = None) -> dict[str, Any]:
+def job_row(state: JobState, summary: Summary | None = None) -> dict[str, Any]:
     """Map a job's state to the ``local_training_jobs`` columns (all of JOB_COLUMN_NAMES).
 
+    The history-wide values come from ``summary`` (the state's own, kept by the drain; or,
+    for a state without one, rebuilt from its records), so the head of the state suffices.
     Non-finite numbers become None (JSON and PostgREST cannot carry them); ``loss_trend``
     says ``diverged`` instead.
     """
-    decision = decision or decide(state, get_profile(state.profile))
-    latest_train = _latest(state.train, lambda r: r.loss is not None)
-    latest_eval = _latest(state.evals, lambda r: True)
+    profile = get_profile(state.profile)
+    s = summary or state.summary or summarize(state, profile)
     begin = state.latest_begin
-    best, by_loss = decision.best, decision.best_by_eval_loss
+    best, by_loss, last = s.best, s.best_by_eval_loss, s.last_eval
+    loss = _latest_train(s, "loss")
+    last_loss = last.eval_loss if last else None
     row = {
-        "status": _status(state),
-        "current_step": state.max_step,
-        "current_epoch": _current_epoch(state),
+        "status": _status(state, s),
+        "current_step": s.max_step,
+        "current_epoch": s.epoch_at[1] if s.epoch_at else None,
         "total_steps": begin.max_steps if begin else None,
         "total_epochs": begin.num_train_epochs if begin else None,
-        "progress": _progress(state),
-        "loss": latest_train.loss if latest_train else None,
-        "eval_loss": latest_eval.eval_loss if latest_eval else None,
-        "learning_rate": _latest_value(state.train, "learning_rate"),
-        "grad_norm": _latest_value(state.train, "grad_norm"),
-        "perplexity": perplexity(latest_eval.eval_loss if latest_eval else None),
-        "train_perplexity": perplexity(latest_train.loss if latest_train else None),
+        "progress": _progress(state, s),
+        "loss": loss,
+        "eval_loss": last_loss,
+        "learning_rate": _latest_train(s, "learning_rate"),
+        "grad_norm": _latest_train(s, "grad_norm"),
+        "perplexity": perplexity(last_loss),
+        "train_perplexity": perplexity(loss),
         "best_eval_loss": by_loss.eval_loss if by_loss else None,
         "best_epoch": by_loss.epoch if by_loss else None,
         "best_step": by_loss.step if by_loss else None,
         "best_checkpoint_score": best.score if best else None,
         "best_checkpoint_step": best.step if best else None,
         "best_checkpoint_epoch": round(best.epoch) if best and best.epoch is not None else None,
-        "best_checkpoint_path": _checkpoint_path(state, best.checkpoint if best else None),
-        "epochs_without_improvement": (
-            decision.evals[-1].epochs_without_improvement if decision.evals else None
-        ),
-        "loss_trend": loss_trend(decision),
+        "best_checkpoint_path": _checkpoint_path(state, s, best),
+        "epochs_without_improvement": last.epochs_without_improvement if last else None,
+        "loss_trend": loss_trend(s),
         "error_message": state.end.error if state.end else None,
-        "started_at": iso_time(state.first_ts),
+        "started_at": iso_time(s.first_ts),
         "completed_at": iso_time(state.end.ts) if state.end else None,
-        "updated_at": iso_time(state.last_ts),
+        "updated_at": iso_time(s.last_ts),
         "scoring_version": state.version,
-        "best_score_breakdown": json_safe(best.breakdown) if best else None,
+        "best_score_breakdown": json_safe(_breakdown(best, profile)) if best else None,
     }
     return {name: finite_or_none(value) for name, value in row.items()}
 
@@ -153,14 +156,19 @@ def perplexity(loss: float | None) -> float | None:
         return None
 
 
-def loss_trend(decision: Decision) -> str | None:
-    """Classify the last two evaluations: improving, degrading, stable or diverged."""
-    if decision.diverged:
-        return "diverged"
-    losses = [e.eval_loss for e in decision.evals[-2:]]
-    if len(losses) < 2:
+def loss_trend(summary: Summary) -> str | None:
+    """Classify the last two evaluations: improving, degrading, stable or diverged.
+
+    None before two evaluations, or when the earlier one has no usable loss.
+    """
+    last = summary.last_eval
+    if last is None:
         return None
-    previous, latest = losses
+    if not math.isfinite(last.score):
+        return "diverged"
+    previous, latest = summary.previous_eval_loss, last.eval_loss
+    if not is_usable_loss(previous):
+        return None
     if latest < previous * (1 - TREND_TOLERANCE):
         return "improving"
     if latest > previous * (1 + TREND_TOLERANCE):
@@ -191,41 +199,36 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def _status(state: JobState) -> str | None:
+def _status(state: JobState, summary: Summary) -> str | None:
     if state.end is not None:
         return state.end.status
     # "pending" for a state with no facts keeps the platform's NOT NULL status satisfied.
-    return "running" if state.last_ts is not None else "pending"
+    return "running" if summary.last_ts is not None else "pending"
 
 
-def _progress(state: JobState) -> float | None:
+def _progress(state: JobState, summary: Summary) -> float | None:
     if state.end is not None and state.end.status == "completed":
         return 100.0
     begin = state.latest_begin
     if begin is None or not begin.max_steps:
         return None
-    return min(100.0, 100.0 * state.max_step / begin.max_steps)
+    return min(100.0, 100.0 * summary.max_step / begin.max_steps)
 
 
-def _current_epoch(state: JobState) -> float | None:
-    records = [*state.train.items(), *state.evals.items()]
-    epochs = [(step, r.epoch) for step, r in records if r.epoch is not None]
-    return max(epochs)[1] if epochs else None
+def _latest_train(summary: Summary, name: str) -> float | None:
+    latest = summary.latest_train.get(name)
+    return latest[1] if latest else None
 
 
-def _latest(records: dict[int, Any], keep: Any) -> Any:
-    steps = [step for step, record in records.items() if keep(record)]
-    return records[max(steps)] if steps else None
+def _breakdown(best: Pick, profile: Profile) -> dict[str, Any]:
+    ewi = best.epochs_without_improvement
+    return score_eval(best.eval_loss, best.train_loss, ewi, profile).breakdown
 
 
-def _latest_value(records: dict[int, Any], name: str) -> float | None:
-    record = _latest(records, lambda r: getattr(r, name) is not None)
-    return getattr(record, name) if record else None
-
-
-def _checkpoint_path(state: JobState, checkpoint: str | None) -> str | None:
-    if checkpoint is None:
-        return None
+def _checkpoint_path(state: JobState, summary: Summary, best: Pick | None) -> str | None:
+    if best is None or summary.retained is None:
+        return None  # no checkpoint saved yet: the best evaluation has no folder
+    checkpoint = f"{CHECKPOINT_PREFIX}{best.step}"
     begin = state.latest_begin
     if begin and begin.output_dir:
         return f"{begin.output_dir.rstrip('/')}/{checkpoint}"
