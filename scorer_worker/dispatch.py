@@ -54,9 +54,10 @@ def enqueue_many(
     return len(claimed)
 
 
-def clear_marker(redis: Any, queue_name: str, job_id: str) -> None:
-    """Called by a task as it starts: later work for the job needs a new task."""
-    redis.delete(keys.queued(job_id, queue_name))
+def clear_markers(redis: Any, queue_name: str, job_ids: list[str]) -> None:
+    """Called by a task as it starts: later work for these jobs needs a new task."""
+    if job_ids:
+        redis.delete(*(keys.queued(job_id, queue_name) for job_id in job_ids))
 
 
 def for_each_job(job_ids: list[str], work: Callable[[str], T], what: str) -> dict[str, T]:

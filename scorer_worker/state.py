@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import zlib
 from dataclasses import asdict, dataclass, field, replace
+from operator import attrgetter
 from typing import Any
 
 from .models import CheckpointInfo, TrainBeginInfo, TrainEndInfo, WireEvent
@@ -285,16 +286,15 @@ class JobState:
         return cls(**data)
 
     def record_fields(self) -> dict[str, str]:
-        """Encode every loaded record as ``{field: json}`` (fields like ``t:40``)."""
+        """Encode every loaded record as ``{field: text}`` (fields like ``t:40``)."""
         fields = {}
         for name, prefix in RECORD_PREFIXES.items():
             for step, record in getattr(self, name).items():
-                values = [getattr(record, f) for f in record.__dataclass_fields__]
-                fields[f"{prefix}{step}"] = json.dumps(values, separators=(",", ":"))
+                fields[f"{prefix}{step}"] = encode_record(record)
         return fields
 
     def load_records(self, fields: dict[Any, Any]) -> None:
-        """Add records from ``{field: json}`` (as stored in the state hash); None values skip."""
+        """Add records from ``{field: text}`` (as stored in the state hash); None values skip."""
         kinds = {"t:": (self.train, TrainRecord), "e:": (self.evals, EvalRecord),
                  "s:": (self.saves, SaveRecord)}  # fmt: skip
         for key, raw in fields.items():
@@ -302,7 +302,7 @@ class JobState:
             if raw is None or name[:2] not in kinds:
                 continue
             records, kind = kinds[name[:2]]
-            records[int(name[2:])] = kind(*json.loads(raw))
+            records[int(name[2:])] = decode_record(kind, raw)
 
     @classmethod
     def from_fields(cls, job_id: str, fields: dict[Any, Any], profile: str = "default") -> JobState:
@@ -314,12 +314,6 @@ class JobState:
         state.load_records(text)
         state.packed = False
         return state
-
-    def packed_fields(self) -> dict[str, bytes | str]:
-        """Encode the state compactly: the head plus every record in one zlib blob."""
-        self.packed = True
-        blob = zlib.compress(json.dumps(self.record_fields()).encode(), level=6)
-        return {HEAD_FIELD: self.head_json(), PACKED_FIELD: blob}
 
     def fingerprint(self) -> str:
         """Encode the facts only (no cursor, version or change marks), to compare states."""
@@ -334,6 +328,35 @@ class JobState:
 
 HEAD_NAMES = tuple(name for name in JobState.__dataclass_fields__ if name not in RECORD_PREFIXES)
 
+
+def encode_record(record: Any) -> str:
+    """Encode a record: train and eval records as comma-separated values, saves as JSON.
+
+    The plain form is the hot path (one record per event): ``repr`` round-trips every float,
+    NaN and infinities included, and an empty value is None.
+    """
+    if isinstance(record, (TrainRecord, EvalRecord)):
+        return ",".join(["" if v is None else repr(v) for v in _VALUES[type(record)](record)])
+    return json.dumps(list(_VALUES[type(record)](record)), separators=(",", ":"))
+
+
+def decode_record(kind: type, raw: str | bytes) -> Any:
+    """Decode what :func:`encode_record` wrote (or a JSON list, the earlier format)."""
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    if text.startswith("["):
+        return kind(*json.loads(text))
+    parts = text.split(",")
+    return kind(*[None if p == "" else f(p) for f, p in zip(_PARSERS[kind], parts, strict=False)])
+
+
+_VALUES = {
+    kind: attrgetter(*kind.__dataclass_fields__) for kind in (TrainRecord, EvalRecord, SaveRecord)
+}
+# Integers stay integers; every other plain field is a float (or None).
+_PARSERS = {
+    kind: tuple(int if f.type == "int" else float for f in kind.__dataclass_fields__.values())
+    for kind in (TrainRecord, EvalRecord)
+}
 
 _NOT_FACTS = ("changed", "paired_train_loss", "epochs_without_improvement")
 

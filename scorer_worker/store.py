@@ -13,6 +13,8 @@ records changed since its last write: a flush costs the same at any history leng
 
 from __future__ import annotations
 
+import json
+import zlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -24,7 +26,7 @@ from .errors import StateConflict
 from .models import WireEvent
 from .ranking import summarize
 from .scoring import get_profile
-from .state import HEAD_FIELD, RECORD_PREFIXES, JobState
+from .state import HEAD_FIELD, PACKED_FIELD, RECORD_PREFIXES, JobState
 
 _KIND_PREFIX = {
     "train_log": RECORD_PREFIXES["train"],
@@ -72,16 +74,20 @@ def next_stream_id(entry_id: str) -> str:
 def compact_state(redis: Any, job_id: str) -> bool:
     """Store a finished job's records as one compressed blob; return True if compacted.
 
-    A later event (a replay, say) unpacks it again in the drain that applies it.
+    The records are packed as stored, not decoded: compaction runs in the pump, beside the
+    work it schedules. A later event (a replay, say) unpacks them in the drain that applies it.
     """
     key = keys.state(job_id)
     with redis.pipeline(transaction=True) as pipe:
         try:
             pipe.watch(key)
-            fields = pipe.hgetall(key)
-            if len(fields) <= 1 or b"packed" in fields or "packed" in fields:
+            fields = {_text(name): value for name, value in pipe.hgetall(key).items()}
+            if len(fields) <= 1 or PACKED_FIELD in fields or HEAD_FIELD not in fields:
                 return False
-            packed = JobState.from_fields(job_id, fields).packed_fields()
+            head = JobState.from_head(job_id, fields.pop(HEAD_FIELD))
+            head.packed = True
+            records = json.dumps({name: _text(value) for name, value in fields.items()})
+            packed = {HEAD_FIELD: head.head_json(), PACKED_FIELD: zlib.compress(records.encode())}
             pipe.multi()
             pipe.delete(key)
             pipe.hset(key, mapping=packed)
@@ -129,15 +135,18 @@ class StateTransaction:
         """Load the records that folding ``events`` reads: theirs, or all for a train_begin."""
         events = list(events)
         state = self.state
-        if state.packed or state.summary is None or any(e.kind == "train_begin" for e in events):
-            self.load_all()
+        begins = any(e.kind == "train_begin" for e in events)
+        if state.packed or state.summary is None or (begins and state.version > 0):
+            self.load_all()  # a new job (version 0) has nothing stored to load
             return
-        kinds = _KIND_PREFIX
-        self._load_fields({f"{kinds[e.kind]}{e.step}" for e in events if e.kind in kinds})
+        kinds, known = _KIND_PREFIX, state.summary
+        wanted = [e for e in events if e.kind in kinds and not known.proves_absent(e)]
+        self._load_fields({f"{kinds[e.kind]}{e.step}" for e in wanted})
 
     def load_evals(self, steps: Iterable[int]) -> None:
-        """Load the evaluation records at ``steps`` that are not loaded yet."""
-        self._load_fields({f"{RECORD_PREFIXES['evals']}{step}" for step in steps})
+        """Load the evaluation records at ``steps`` that are not loaded (or folded in) yet."""
+        known = self.state.evals
+        self._load_fields({f"{RECORD_PREFIXES['evals']}{s}" for s in steps if s not in known})
 
     def _load_fields(self, wanted: set[str]) -> None:
         wanted -= set(self._loaded)

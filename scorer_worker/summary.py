@@ -71,7 +71,16 @@ class Summary:
             return step not in state.saves
         if event.kind == "train_end":
             return state.end is None
-        return False  # a train_begin may drop records: rebuild
+        # A train_begin may drop records (rebuild), unless nothing is known yet: a new job.
+        return self.last_ts is None
+
+    def proves_absent(self, event: WireEvent) -> bool:
+        """Return True when no record exists yet at ``event``'s step (past the highest one)."""
+        if event.kind == "train_log":
+            return _above(event.step, self.max_train_step)
+        if event.kind == "eval":
+            return _above(event.step, self.max_eval_step)
+        return False
 
     def observe(
         self,
@@ -88,7 +97,8 @@ class Summary:
         step = event.step
         self.first_ts = event.ts if self.first_ts is None else min(self.first_ts, event.ts)
         self.last_ts = event.ts if self.last_ts is None else max(self.last_ts, event.ts)
-        self.max_step = max(self.max_step, step)
+        if event.kind != "train_begin":  # a begin's step is where it resumed, not progress
+            self.max_step = max(self.max_step, step)
         if event.kind == "train_log":
             self._observe_train(step, state.train[step])
         elif event.kind == "eval":

@@ -8,7 +8,7 @@ from typing import Any
 
 from . import keys
 from .connection import task_connection
-from .dispatch import clear_marker, enqueue_many, for_each_job
+from .dispatch import clear_markers, enqueue_many, for_each_job
 from .drain import DrainResult, drain_job
 from .levels import read_levels
 from .settings import Settings
@@ -40,8 +40,7 @@ def drain_jobs(job_ids: list[str]) -> dict:
     """
     settings = Settings.from_env()
     redis = task_connection(settings)
-    for job_id in job_ids:
-        clear_marker(redis, keys.SCORING_QUEUE, job_id)
+    clear_markers(redis, keys.SCORING_QUEUE, job_ids)
     deadline = time.monotonic() + settings.drain_budget_s
     results: dict[str, DrainResult] = {}  # kept even if some job fails
 

@@ -6,7 +6,7 @@ import logging
 
 from scorer_worker import keys
 from scorer_worker.connection import task_connection
-from scorer_worker.dispatch import clear_marker, for_each_job
+from scorer_worker.dispatch import clear_markers, for_each_job
 from scorer_worker.settings import Settings
 
 from .flush import flush_job
@@ -35,8 +35,7 @@ def flush_jobs(job_ids: list[str]) -> dict:
     """
     settings = Settings.from_env()
     redis = task_connection(settings)
-    for job_id in job_ids:
-        clear_marker(redis, keys.SINK_QUEUE, job_id)
+    clear_markers(redis, keys.SINK_QUEUE, job_ids)
     writer = writer_from_settings(settings)
     try:
         results = for_each_job(

@@ -67,7 +67,7 @@ def _probe_task_start(folder: Path, linger: float) -> None:
 
     fraction = float(os.environ.get("CKPT_CHAOS_TASK_START_P", "0.1"))
     for module in (scorer_worker.tasks, sink.tasks):
-        clear = module.clear_marker
+        clear = module.clear_markers
 
         def probed_clear(*args, _clear=clear, **kwargs):
             if _RNG.random() < fraction:
@@ -79,7 +79,7 @@ def _probe_task_start(folder: Path, linger: float) -> None:
                     mark.unlink(missing_ok=True)
             return _clear(*args, **kwargs)
 
-        module.clear_marker = probed_clear
+        module.clear_markers = probed_clear
 
 
 def _install_poison() -> None:
