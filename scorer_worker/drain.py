@@ -79,7 +79,7 @@ def _drain_batch(
         fold = _Fold(txn, redis, job_id, settings, secrets)
         try:
             fold.run(decoded, given_up)
-        except _NeedsFullLoad:
+        except NeedsFullLoad:
             # An event did not extend the run (a resume, a late or replaced record): fold the
             # batch again over the whole state; the commit rebuilds the summary.
             txn.load_all()
@@ -145,37 +145,55 @@ class _Fold:
         """Apply one valid event and update the summary; return whether the state changed.
 
         Raises:
-            _NeedsFullLoad: the summary cannot take the event incrementally.
+            NeedsFullLoad: the summary cannot take the event incrementally.
             PoisonEvent: applying it raised; the batch is abandoned uncommitted and retried,
                 up to ``settings.poison_max_attempts`` times.
         """
-        txn, state = self.txn, self.txn.state
         try:
-            if not (txn.full or state.summary.accepts(event, state)):
-                if state.would_change(event):
-                    raise _NeedsFullLoad
-                return False  # a duplicate or superseded event: nothing to rebuild
-            changed = state.apply(event)
-            if changed and not txn.full:
-                state.summary.observe(event, state, get_profile(state.profile), txn.load_evals)
-            return changed
-        except _NeedsFullLoad:
+            return apply_event(self.txn, event)
+        except NeedsFullLoad:
             raise
         except Exception as exc:  # a scoring bug: retry a few times, then dead-letter the event
-            raise self._poison(entry_id, exc) from exc
-
-    def _poison(self, entry_id: str, exc: Exception) -> Exception:
-        """Count the failure; return what to raise (give up, or retry the batch later)."""
-        reason = f"scoring raised {type(exc).__name__}: {exc}"
-        attempts = _count_poison(self.redis, self.job_id, entry_id, reason)
-        log.exception("event %s of job %s failed (attempt %d)", entry_id, self.job_id, attempts)
-        if attempts >= self.settings.poison_max_attempts:
-            return _PoisonGaveUp()
-        return PoisonEvent(f"event {entry_id} of job {self.job_id}: {reason}")
+            if record_poison(self.redis, self.job_id, entry_id, exc, self.settings):
+                raise _PoisonGaveUp from None
+            raise PoisonEvent(f"event {entry_id} of job {self.job_id}: {exc!r}") from exc
 
 
-class _NeedsFullLoad(Exception):
-    """Internal: the batch must be folded again over the fully loaded state."""
+def record_poison(
+    redis: Any, job_id: str, entry_id: str, exc: Exception, settings: Settings
+) -> bool:
+    """Count one failed attempt at applying an event; return True once it is to be given up.
+
+    The next drain of the job dead-letters an event given up on, unapplied.
+    """
+    reason = f"scoring raised {type(exc).__name__}: {exc}"
+    attempts = _count_poison(redis, job_id, entry_id, reason)
+    log.error("event %s of job %s failed (attempt %d)", entry_id, job_id, attempts, exc_info=exc)
+    return attempts >= settings.poison_max_attempts
+
+
+class NeedsFullLoad(Exception):
+    """The batch must be folded again over the fully loaded state."""
+
+
+def apply_event(txn: Any, event: WireEvent) -> bool:
+    """Apply one valid event to ``txn.state`` and keep its summary; return whether it changed.
+
+    ``txn`` has ``state``, ``full`` (every record is loaded: the commit rebuilds the summary)
+    and ``load_evals(steps)``.
+
+    Raises:
+        NeedsFullLoad: the event changes the state but not by extending the run.
+    """
+    state = txn.state
+    if not (txn.full or state.summary.accepts(event, state)):
+        if state.would_change(event):
+            raise NeedsFullLoad
+        return False  # a duplicate or superseded event: nothing to rebuild
+    changed = state.apply(event)
+    if changed and not txn.full:
+        state.summary.observe(event, state, get_profile(state.profile), txn.load_evals)
+    return changed
 
 
 class _PoisonGaveUp(Exception):

@@ -267,8 +267,8 @@ class JobState:
         """Encode everything but the per-step records (the small part read by every drain)."""
         # Built field by field: asdict(self) would deep-copy every loaded record first.
         data = {name: getattr(self, name) for name in HEAD_NAMES}
-        data["begins"] = [asdict(begin) for begin in self.begins]
-        data["end"] = asdict(self.end) if self.end else None
+        data["begins"] = [dict(vars(begin)) for begin in self.begins]
+        data["end"] = dict(vars(self.end)) if self.end else None
         data["summary"] = self.summary.to_dict() if self.summary else None
         data["format"] = STATE_FORMAT
         return json.dumps(data, separators=(",", ":"))

@@ -183,15 +183,8 @@ class StateTransaction:
             pipe.delete(self._key)  # a full load may have dropped records or unpacked a blob
             changed = fields
         pipe.hset(self._key, mapping={HEAD_FIELD: state.head_json(), **changed})
-        status = state.end.status if state.end else "running"
-        meta = {
-            "cursor": state.cursor,
-            "version": state.version,
-            "status": status,
-            "eval_version": state.eval_version,
-        }
-        pipe.hset(keys.meta(self.job_id), mapping=meta)
-        steps = _changed_steps(state, everything=self._full)
+        pipe.hset(keys.meta(self.job_id), mapping=meta_fields(state))
+        steps = changed_steps(state, everything=self._full)
         if steps:
             pipe.zadd(keys.changes(self.job_id), steps)
         add_dead_letters(pipe, dead_letters)
@@ -205,7 +198,17 @@ class StateTransaction:
             raise StateConflict(f"state of {self.job_id} changed concurrently") from None
 
 
-def _changed_steps(state: JobState, everything: bool) -> dict[str, int]:
+def meta_fields(state: JobState) -> dict[str, str | int]:
+    """The levels a commit copies into the job's meta hash (what the pump compares)."""
+    return {
+        "cursor": state.cursor,
+        "version": state.version,
+        "status": state.end.status if state.end else "running",
+        "eval_version": state.eval_version,
+    }
+
+
+def changed_steps(state: JobState, everything: bool = False) -> dict[str, int]:
     """Steps whose train or eval record this commit wrote (all loaded ones after a full load)."""
     scores: dict[str, int] = {}
     for records in (state.train, state.evals):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from producer.wire import checkpoint_step
@@ -167,7 +167,11 @@ class Summary:
 
     def to_dict(self) -> dict[str, Any]:
         """Encode as JSON-ready values (non-finite floats stay floats: JSON extensions)."""
-        return asdict(self)
+        # Shallow, field by field: dataclasses.asdict deep-copies, and this runs every commit.
+        data = dict(vars(self))
+        for name in ("last_eval", "best", "best_by_eval_loss"):
+            data[name] = dict(vars(data[name])) if data[name] else None
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Summary:

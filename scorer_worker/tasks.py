@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from . import keys
+from .bulk import drain_many
 from .connection import task_connection
 from .dispatch import clear_markers, enqueue_many, for_each_job
 from .drain import DrainResult, drain_job
@@ -49,7 +50,16 @@ def drain_jobs(job_ids: list[str]) -> dict:
         return results[job_id]
 
     try:
-        for_each_job(job_ids, drain_one, "drain")
+        # Most jobs take the pipelined path; the rest (resumes, dead letters...) one by one.
+        bulk = drain_many(redis, job_ids, settings, deadline)
+        results.update(bulk.results)
+
+        def drain_rest(job_id: str) -> DrainResult:
+            if job_id in bulk.failed:
+                raise bulk.failed[job_id]  # reported at this boundary like drain_job's own
+            return drain_one(job_id)
+
+        for_each_job([*bulk.left, *bulk.failed], drain_rest, "drain")
     finally:  # even when some job failed, the others' flushes and follow-ups are asked for
         _request_flushes(redis, {j: r.version for j, r in results.items()}, settings)
         behind = [j for j, r in results.items() if not r.caught_up]
