@@ -19,7 +19,7 @@ from producer.wire import job_of_stream_key
 
 from . import keys
 from .dispatch import enqueue_many
-from .levels import read_levels
+from .levels import read_levels, scan_levels
 from .registry import drop_pod_user
 from .settings import Settings
 from .store import compact_state
@@ -75,18 +75,21 @@ class Pump:
         jobs = sorted(j for j in (_text(m) for m in self.redis.smembers(keys.JOBS)) if self.owns(j))
         result = PassResult(jobs=len(jobs))
         drains, flushes, now = [], [], time.time()
-        for job_id, levels in zip(jobs, read_levels(self.redis, jobs), strict=True):
+        for work in scan_levels(self.redis, jobs):  # only the jobs with something to do
+            job_id, levels = work.job_id, work.levels
             if levels.undrained > 0:
-                drains.append(job_id)
+                result.behind_scoring += 1
+                if not work.drain_queued:
+                    drains.append(job_id)
             if levels.version > levels.written:
                 result.behind_sink += 1
-                if levels.flush_due(now, self.settings.flush_min_interval_s):
+                due = levels.flush_due(now, self.settings.flush_min_interval_s)
+                if due and not work.flush_queued:
                     flushes.append(job_id)
             elif levels.undrained == 0 and levels.finished:
                 self._retire(job_id)
                 result.retired += 1
         settings = self.settings
-        result.behind_scoring = len(drains)
         result.drains_enqueued = enqueue_many(
             self.redis, keys.SCORING_QUEUE, keys.DRAIN_JOBS_TASK, drains, settings
         )
@@ -96,9 +99,14 @@ class Pump:
         return result
 
     def run(self, stop: threading.Event | None = None) -> None:
-        """Pass until ``stop`` is set, sleeping ``pump_interval_ms`` between passes."""
+        """Pass until ``stop`` is set, sleeping ``pump_interval_ms`` between passes.
+
+        With thousands of jobs a pass itself takes a while: the pump then sleeps as long as
+        its last pass took, so it never takes more than half a core from the workers.
+        """
         stop = stop or threading.Event()
         while not stop.is_set():
+            started = time.monotonic()
             try:
                 result = self.run_once()
             except Exception:  # a Redis outage must not kill the reconciler: retry next pass
@@ -107,7 +115,8 @@ class Pump:
                 continue
             if result.drains_enqueued or result.flushes_enqueued:
                 log.info("pump: %s", result)
-            stop.wait(self.settings.pump_interval_ms / 1000)
+            took_s = time.monotonic() - started
+            stop.wait(max(self.settings.pump_interval_ms / 1000, took_s))
 
     def discover(self) -> int:
         """Add jobs whose streams hold events but which are not in ``ckpt:jobs``.
@@ -116,10 +125,11 @@ class Pump:
             How many jobs were added.
         """
         self._last_discovery = time.monotonic()
+        known = {_text(member) for member in self.redis.smembers(keys.JOBS)}
         candidates = []
         for key in self.redis.scan_iter(match=STREAM_PATTERN, count=1000, _type="stream"):
             job_id = job_of_stream_key(_text(key))
-            if job_id and self.owns(job_id):
+            if job_id and job_id not in known and self.owns(job_id):
                 candidates.append(job_id)
         levels = read_levels(self.redis, candidates)  # one pipelined round trip, not one per key
         found = [j for j, level in zip(candidates, levels, strict=True) if level.undrained > 0]

@@ -265,3 +265,21 @@ def test_a_deferred_flush_is_made_by_the_pump_when_due(fake, tmp_path):
     clock.sleep(0.35)
     assert pump.run_once().flushes_enqueued == 1  # due now: the pump asks for it
     assert flush_job(fake, JOB, settings).outcome == "written"
+
+
+def test_scan_levels_returns_only_jobs_with_work_and_their_queue_markers(fake, settings):
+    from scorer_worker.levels import scan_levels
+
+    for job in ("idle", "undrained", "unwritten", "queued"):
+        register_job(fake, job, "tok")
+        publish(fake, raw_run(1, job=job), job=job)
+    for job in ("idle", "unwritten"):
+        drain_job(fake, job, settings)
+    fake.hset(keys.meta("idle"), "written_version", load_state(fake, "idle").version)
+    fake.set(keys.queued("queued", "scoring"), "1")
+    work = {w.job_id: w for w in scan_levels(fake, ["idle", "undrained", "unwritten", "queued"])}
+    assert sorted(work) == ["queued", "undrained", "unwritten"]  # the idle job costs nothing
+    assert work["undrained"].levels.undrained == 3 and not work["undrained"].drain_queued
+    assert work["queued"].drain_queued and not work["queued"].flush_queued
+    unwritten = work["unwritten"].levels
+    assert unwritten.undrained == 0 and unwritten.version > unwritten.written == 0
