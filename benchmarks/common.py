@@ -28,7 +28,7 @@ from scorer_worker.local_redis import LocalRedis
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "bench-token"
-DEFAULT_WORKER_CLASS = "rq.worker.SimpleWorker"
+DEFAULT_WORKER_CLASS = "scorer_worker.worker.PipelineWorker"
 
 
 @dataclass
@@ -532,7 +532,7 @@ class Pipeline:
                 "tasks": done,
                 "tasks_per_s": round(done / seconds, 1),
                 "ms_in_task_function_per_task": round(1000 * working / done, 2) if done else None,
-                "ms_wall_per_task_when_busy": round(1000 * seconds / done, 2) if done else None,
+                "ms_wall_per_task_idle_included": round(1000 * seconds / done, 2) if done else None,
             }
         return stats
 

@@ -1,9 +1,9 @@
 """A job's levels, as the pump compares them, and when its row is due for a write.
 
 Write coalescing: a job logging every step would otherwise get a row write per drain. The
-rule: write at once when the job ended or was never written; when an evaluation changed since
-the last write, write once ``min_interval_s / 10`` has passed (evaluations move the best
-checkpoint, which users wait for); otherwise write at most every ``min_interval_s``. The pump
+rule: write at once when the job ended, was never written, or an evaluation changed since the
+last write (evaluations move the best checkpoint, which users wait for; they come seconds
+apart); otherwise (train logs) write at most every ``min_interval_s``. The pump
 applies the rule on every pass, so a deferred write is made as soon as it is due: no wake-up
 is lost.
 """
@@ -16,7 +16,6 @@ from typing import Any
 from . import keys
 
 FINISHED = ("completed", "failed", "cancelled")
-EVAL_INTERVAL_FRACTION = 0.1
 _META_FIELDS = ("version", "written_version", "status", "eval_version", "last_flush_at")
 
 
@@ -40,12 +39,9 @@ class Levels:
         """Return True when the row should be written now (see the module docstring)."""
         if self.version <= self.written:
             return False
-        if self.finished or self.last_flush_at is None:
+        if self.finished or self.last_flush_at is None or self.eval_version > self.written:
             return True
-        elapsed = now - self.last_flush_at
-        if self.eval_version > self.written:
-            return elapsed >= min_interval_s * EVAL_INTERVAL_FRACTION
-        return elapsed >= min_interval_s
+        return now - self.last_flush_at >= min_interval_s
 
 
 def read_levels(redis: Any, job_ids: list[str]) -> list[Levels]:
