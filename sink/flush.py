@@ -22,6 +22,23 @@ from .writers import retrying_write, writer_from_settings
 
 log = logging.getLogger(__name__)
 
+# After a write, in one step: raise written_version (never lower it: flushes may race), clear
+# the error, note the time, forget the changes written. KEYS: meta, changes. ARGV: version, now.
+_WRITTEN_SCRIPT = """
+if (tonumber(redis.call('HGET', KEYS[1], 'written_version')) or 0) < tonumber(ARGV[1]) then
+  redis.call('HSET', KEYS[1], 'written_version', ARGV[1])
+end
+redis.call('HDEL', KEYS[1], 'sink_error', 'sink_error_kind')
+redis.call('HSET', KEYS[1], 'last_flush_at', ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+return 1
+"""
+# Delete the lock only if it is still ours (it may have expired and been taken).
+_RELEASE_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 
 @dataclass
 class FlushResult:
@@ -71,10 +88,14 @@ class _LockRenewer:
 def _flush_locked(
     redis: Any, job_id: str, settings: Settings, writer: Any, sleep: _LockRenewer
 ) -> FlushResult:
-    meta = {_text(k): _text(v) for k, v in redis.hgetall(keys.meta(job_id)).items()}
+    with redis.pipeline(transaction=False) as pipe:
+        pipe.hgetall(keys.meta(job_id))
+        pipe.exists(keys.state(job_id))
+        meta, state_exists = pipe.execute()
+    meta = {_text(k): _text(v) for k, v in meta.items()}
     levels = levels_from_meta(meta)
     written = levels.written
-    if not redis.exists(keys.state(job_id)):
+    if not state_exists:
         return FlushResult(job_id, "up-to-date")
     if levels.version <= levels.written:
         return FlushResult(job_id, "up-to-date", levels.version)
@@ -123,12 +144,8 @@ def _write(
     except TransientSinkError as exc:
         _record_transient(redis, job_id, exc)
         return FlushResult(job_id, "error", state.version)
-    _raise_written(redis, job_id, state.version)
-    with redis.pipeline(transaction=False) as pipe:
-        pipe.hdel(keys.meta(job_id), "sink_error", "sink_error_kind")
-        pipe.hset(keys.meta(job_id), "last_flush_at", repr(time.time()))  # see levels.flush_due
-        pipe.zremrangebyscore(keys.changes(job_id), "-inf", state.version)  # written: forget
-        pipe.execute()
+    written_keys = [keys.meta(job_id), keys.changes(job_id)]  # last_flush_at: levels.flush_due
+    redis.register_script(_WRITTEN_SCRIPT)(keys=written_keys, args=[state.version, time.time()])
     return FlushResult(job_id, str(outcome.value), state.version, len(metrics))
 
 
@@ -146,16 +163,7 @@ def _record(redis: Any, job_id: str, version: int, kind: str, message: str) -> N
 
 
 def _release(redis: Any, lock_key: str, lock_value: str) -> None:
-    """Delete the lock only if it is still ours (it may have expired and been taken)."""
-    with redis.pipeline() as pipe:
-        try:
-            pipe.watch(lock_key)
-            if _text(pipe.get(lock_key)) == lock_value:
-                pipe.multi()
-                pipe.delete(lock_key)
-                pipe.execute()
-        except WatchError:
-            pass  # someone else took the lock meanwhile: not ours to delete
+    redis.register_script(_RELEASE_SCRIPT)(keys=[lock_key], args=[lock_value])
 
 
 def _raise_written(redis: Any, job_id: str, version: int) -> None:

@@ -124,25 +124,26 @@ def metric_rows(state: JobState, since_version: int = 0) -> list[dict[str, Any]]
     """Return ``local_training_metrics`` rows for the steps changed after ``since_version``."""
     steps = {s for s, r in state.train.items() if r.changed > since_version}
     steps |= {s for s, r in state.evals.items() if r.changed > since_version}
-    rows = []
-    for step in sorted(steps):
+    rows, finite = [], finite_or_none
+    for step in sorted(steps):  # built directly: this runs once per step of every job
         train, evaluation = state.train.get(step), state.evals.get(step)
         train_loss = train.loss if train else None
         eval_loss = evaluation.eval_loss if evaluation else None
-        stamp = max(r.ts for r in (train, evaluation) if r is not None)
-        row = {
-            "job_id": state.job_id,
-            "step": step,
-            "epoch": (evaluation or train).epoch,
-            "train_loss": train_loss,
-            "eval_loss": eval_loss,
-            "learning_rate": train.learning_rate if train else None,
-            "grad_norm": train.grad_norm if train else None,
-            "perplexity": perplexity(eval_loss),
-            "train_perplexity": perplexity(train_loss),
-            "timestamp": iso_time(stamp),
-        }
-        rows.append({name: finite_or_none(value) for name, value in row.items()})
+        stamps = [r.ts for r in (train, evaluation) if r is not None]
+        rows.append(
+            {
+                "job_id": state.job_id,
+                "step": step,
+                "epoch": (evaluation or train).epoch,
+                "train_loss": finite(train_loss),
+                "eval_loss": finite(eval_loss),
+                "learning_rate": finite(train.learning_rate) if train else None,
+                "grad_norm": finite(train.grad_norm) if train else None,
+                "perplexity": perplexity(eval_loss),
+                "train_perplexity": perplexity(train_loss),
+                "timestamp": iso_time(max(stamps)),
+            }
+        )
     return rows
 
 
