@@ -64,6 +64,7 @@ class SqliteWriter:
         self.path = Path(path)
         self.timeout_s = timeout_s
         self._update_sql = guarded_update_sql(lambda name: f":{name}", quote_ident)
+        self._conn: sqlite3.Connection | None = None
 
     def ensure_schema(self) -> None:
         """Create both tables if missing and add any row-model column an older file lacks.
@@ -140,21 +141,30 @@ class SqliteWriter:
         return [dict(zip(METRIC_COLUMN_NAMES, values, strict=True)) for values in found]
 
     def close(self) -> None:
-        """Nothing to release: connections live only for one operation."""
+        """Close the connection (the next operation opens a new one)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
+        # One connection for the writer's life (a sink task's jobs): opening one per write
+        # cost as much as the write.
+        if self._conn is None:
+            try:
+                # isolation_level=None: transactions are opened explicitly (BEGIN IMMEDIATE).
+                conn = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None)
+                # In WAL mode NORMAL syncs at checkpoints, not every commit: a power cut may
+                # lose the last writes, which the next flush rewrites (Redis holds the state).
+                conn.execute("PRAGMA synchronous=NORMAL")
+            except sqlite3.Error as exc:
+                raise _sink_error(exc) from None
+            self._conn = conn
         try:
-            # isolation_level=None: transactions are opened explicitly with BEGIN IMMEDIATE.
-            conn = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None)
+            yield self._conn
         except sqlite3.Error as exc:
+            self.close()  # start afresh: the connection may be unusable
             raise _sink_error(exc) from None
-        try:
-            yield conn
-        except sqlite3.Error as exc:
-            raise _sink_error(exc) from None
-        finally:
-            conn.close()
 
 
 @contextlib.contextmanager
