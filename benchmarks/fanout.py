@@ -37,9 +37,44 @@ def sizes(quick: bool) -> dict[str, Any]:
     return {"jobs": FULL_JOBS, "events_per_job_per_s": 1, "duration_s": 60, "sample_jobs": 500}
 
 
+# When the lag target is missed at the full count, smaller counts are measured (30 s each)
+# to report the largest count that holds it on this machine.
+LADDER = (5_000, 2_500, 1_000)
+LADDER_DURATION_S = 30
+
+
 def run(ctx: Context) -> list[Figure]:
     size = ctx.sizes["fanout"]
-    jobs = [f"fo-{i:05d}" for i in range(size["jobs"])]
+    jobs_count = size["jobs"]
+    p99, details, note = _measure(ctx, jobs_count, size["duration_s"], size["sample_jobs"])
+    ctx.details["fanout"] = details
+    target_jobs = jobs_count if ctx.quick else FULL_JOBS
+    reached = jobs_count if p99 <= 2.0 else 0
+    if not ctx.quick and not reached:
+        ladder = {}
+        for count in LADDER:
+            rung_p99, _, _ = _measure(ctx, count, LADDER_DURATION_S, min(500, count))
+            ladder[f"{count:,} jobs"] = round(rung_p99, 3)
+            if rung_p99 <= 2.0:
+                reached = count
+                break
+        details["smaller_counts_lag_p99_s"] = ladder
+    jobs_note = "the largest count measured whose lag p99 met the target"
+    if ctx.quick:
+        jobs_note += f" (quick run: {jobs_count:,}, full: {FULL_JOBS:,})"
+    elif reached < jobs_count:
+        jobs_note += f" ({LADDER_DURATION_S} s runs below {jobs_count:,}; see details)"
+    jobs_figure = Figure("fanout_jobs", reached, "jobs", ">=", target_jobs, jobs_note)
+    jobs_figure.verdict = reached >= target_jobs
+    return [jobs_figure, Figure("fanout_lag_p99_s", p99, "s", "<=", 2, note)]
+
+
+def _measure(
+    ctx: Context, jobs_count: int, duration_s: int, sample_jobs: int
+) -> tuple[float, dict[str, Any], str]:
+    """Run ``jobs_count`` jobs for ``duration_s``; return lag p99, details and a note."""
+    size = {**ctx.sizes["fanout"], "duration_s": duration_s, "sample_jobs": sample_jobs}
+    jobs = [f"fo-{i:05d}" for i in range(jobs_count)]
     step = max(1, len(jobs) // size["sample_jobs"])
     sample = jobs[::step][: size["sample_jobs"]]
     queue_depths: list[int] = []
@@ -76,7 +111,7 @@ def run(ctx: Context) -> list[Figure]:
     lags = watcher.lags(records)
     late = sum(1 for lag in lags if lag == float("inf"))
     p99 = percentile(lags, 99)
-    ctx.details["fanout"] = {
+    details = {
         "events_published": summary["sent"],
         "publish_rate_per_s": round(summary["rate"]),
         "generator_max_behind_s": round(summary["max_behind_s"], 3),
@@ -89,16 +124,9 @@ def run(ctx: Context) -> list[Figure]:
         **commands,
         "rq_workers": workers,
     }
-    target_jobs = len(jobs) if ctx.quick else FULL_JOBS
-    met_lag = p99 <= 2.0
     note = (
         f"{len(jobs):,} jobs x {size['events_per_job_per_s']} event/s for "
         f"{size['duration_s']} s; lag sampled on {len(sample)} jobs ({len(lags):,} events, "
         f"{late:,} not committed by the end)"
     )
-    jobs_note = "met only when the lag target holds at this count"
-    if ctx.quick:
-        jobs_note += f" (quick run: {len(jobs):,}, full: {FULL_JOBS:,})"
-    jobs_figure = Figure("fanout_jobs", len(jobs), "jobs", ">=", target_jobs, jobs_note)
-    jobs_figure.verdict = met_lag and len(jobs) >= target_jobs
-    return [jobs_figure, Figure("fanout_lag_p99_s", p99, "s", "<=", 2, note)]
+    return p99, details, note

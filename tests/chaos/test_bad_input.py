@@ -107,7 +107,7 @@ CATEGORIES: list[tuple[str, str, Any]] = [
 # fmt: on
 
 
-def fingerprint(job_id: str, client: redis.Redis) -> dict[str, Any]:
+def fingerprint(job_id: str, client: redis.Redis) -> str:
     """The job's facts, without the bookkeeping that depends on batching (versions)."""
     state = load_state(client, job_id)
 
@@ -117,13 +117,15 @@ def fingerprint(job_id: str, client: redis.Redis) -> dict[str, Any]:
             for step, r in records.items()
         }
 
-    return {
+    facts = {
         "begins": sorted(json.dumps(asdict(b), sort_keys=True) for b in state.begins),
         "train": plain(state.train),
         "evals": plain(state.evals),
         "saves": plain(state.saves),
         "end": asdict(state.end) if state.end else None,
     }
+    # Compared as JSON: NaN losses are equal there (two float NaN objects never are).
+    return json.dumps(facts, sort_keys=True)
 
 
 def readable(reason: str) -> bool:

@@ -5,9 +5,12 @@ in ``ckpt-pipeline pump`` and ``rq worker`` (and the work-horses RQ forks inheri
 changes no behaviour of the pipeline; it marks phases so a kill can be aimed at them:
 
 Marks are files ``<pid>.<phase>`` in ``CKPT_CHAOS_PROBE_DIR``, named after the worker process
-whose work-horse (its child) is in the phase:
+in the phase: the ``rq worker`` itself when it runs tasks in-process (the Procfile's
+``PipelineWorker``), or the parent of a forked work-horse. Both pids are marked; the harness
+only acts on the pids of the workers it started:
 
-* ``CKPT_CHAOS_PROBE_DIR``: after a successful state commit, a fraction
+* ``CKPT_CHAOS_PROBE_DIR``: after a successful state commit (one job's, or a pipelined
+  batch of jobs'), a fraction
   (``CKPT_CHAOS_POST_COMMIT_P``) of drains create ``<pid>.post-commit`` and linger
   ``CKPT_CHAOS_POST_COMMIT_S`` seconds before going on to ask for the sink flush: a kill then
   lands between the state commit and the flush. Every PostgreSQL write creates
@@ -21,42 +24,59 @@ whose work-horse (its child) is in the phase:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 # Work-horses are forked from one parent: the module RNG would repeat itself in each of them.
 _RNG = random.SystemRandom()
 
 
+@contextlib.contextmanager
+def _marked(folder: Path, phase: str) -> Iterator[None]:
+    marks = [folder / f"{pid}.{phase}" for pid in {os.getpid(), os.getppid()}]
+    for mark in marks:
+        mark.touch()
+    try:
+        yield
+    finally:
+        for mark in marks:
+            mark.unlink(missing_ok=True)
+
+
 def _install_probes(folder: Path) -> None:
+    import scorer_worker.bulk
     from scorer_worker.store import StateTransaction
     from sink.writers.postgres import PostgresWriter
 
     fraction = float(os.environ.get("CKPT_CHAOS_POST_COMMIT_P", "0.3"))
     linger = float(os.environ.get("CKPT_CHAOS_POST_COMMIT_S", "0.3"))
     commit, write = StateTransaction.commit, PostgresWriter.write
+    bulk_commit = scorer_worker.bulk._commit
+
+    def after_commit() -> None:
+        if _RNG.random() < fraction:
+            with _marked(folder, "post-commit"):
+                time.sleep(linger)
 
     def probed_commit(self, *args, **kwargs):
         commit(self, *args, **kwargs)
-        if _RNG.random() < fraction:
-            mark = folder / f"{os.getppid()}.post-commit"
-            mark.touch()
-            try:
-                time.sleep(linger)
-            finally:
-                mark.unlink(missing_ok=True)
+        after_commit()
+
+    def probed_bulk_commit(*args, **kwargs):
+        lost = bulk_commit(*args, **kwargs)
+        after_commit()
+        return lost
 
     def probed_write(self, *args, **kwargs):
-        mark = folder / f"{os.getppid()}.flush"
-        mark.touch()
-        try:
+        with _marked(folder, "flush"):
             return write(self, *args, **kwargs)
-        finally:
-            mark.unlink(missing_ok=True)
 
     StateTransaction.commit = probed_commit
+    scorer_worker.bulk._commit = probed_bulk_commit
     PostgresWriter.write = probed_write
     _probe_task_start(folder, linger)
 
@@ -71,12 +91,8 @@ def _probe_task_start(folder: Path, linger: float) -> None:
 
         def probed_clear(*args, _clear=clear, **kwargs):
             if _RNG.random() < fraction:
-                mark = folder / f"{os.getppid()}.task-start"
-                mark.touch()
-                try:
+                with _marked(folder, "task-start"):
                     time.sleep(linger)
-                finally:
-                    mark.unlink(missing_ok=True)
             return _clear(*args, **kwargs)
 
         module.clear_markers = probed_clear
