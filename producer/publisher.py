@@ -101,15 +101,18 @@ class EventPublisher:
         Returns:
             False when the event was dropped (queue full or publisher closed), else True.
         """
+        return self._enqueue(event, event.get("kind"))
+
+    def _enqueue(self, item: Event | tuple, kind: Any) -> bool:
         if self._stopping or len(self._queue) >= self.max_queue_events:
             self.dropped += 1
             if self.dropped == 1:
                 log.warning("checkpoint events dropped: publisher closed or queue full")
             return False
-        self._queue.append(event)
+        self._queue.append(item)
         self._published += 1
         # Waking the thread per train log would take the GIL from training every step.
-        if event.get("kind") in URGENT_KINDS or len(self._queue) >= self.batch_max_events:
+        if kind in URGENT_KINDS or len(self._queue) >= self.batch_max_events:
             self._wake.set()
         return True
 
@@ -121,17 +124,18 @@ class EventPublisher:
         metrics: dict[str, Any] | None = None,
         info: dict[str, Any] | None = None,
     ) -> bool:
-        """Build an event for this job and :meth:`publish` it; never raises.
+        """Queue an event for this job, timestamped now; never raises.
+
+        The event is built (metrics converted, fields checked) by the publisher's thread: the
+        training thread only copies the arguments and queues them. An event that cannot be
+        built is logged and counted in ``dropped`` there.
 
         Returns:
             True when the event was queued.
         """
-        try:
-            event = build_event(kind, self.job_id, step, epoch, metrics, info)
-        except (TypeError, ValueError):
-            log.exception("checkpoint event not built")
-            return False
-        return self.publish(event)
+        metrics = dict(metrics) if metrics else None
+        info = dict(info) if info else None
+        return self._enqueue((kind, self.job_id, step, epoch, metrics, info, time.time()), kind)
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Wait until every event published before this call reached Redis or the spool.
@@ -206,14 +210,15 @@ class EventPublisher:
             batch.append(self._queue.popleft())
         return len(batch), self._encode(batch)
 
-    def _encode(self, events: list[Event]) -> list[str]:
+    def _encode(self, items: list[Event | tuple]) -> list[str]:
         encoded = []
-        for event in events:
-            try:
+        for item in items:
+            try:  # an emit()ted event is built here, off the training thread
+                event = item if isinstance(item, dict) else build_event(*item)
                 encoded.append(encode_event(event))
             except (TypeError, ValueError):
                 self.dropped += 1
-                log.exception("checkpoint event not encodable; dropped")
+                log.exception("checkpoint event not buildable or encodable; dropped")
         return encoded
 
     def _spool_events(self, encoded: list[str]) -> None:

@@ -31,6 +31,11 @@ class Levels:
     last_flush_at: float | None = None
 
     @property
+    def eval_changed(self) -> bool:
+        """True when an evaluation changed since the row was last written (users wait)."""
+        return self.eval_version > self.written
+
+    @property
     def finished(self) -> bool:
         """True when the job's latest attempt ended."""
         return self.status in FINISHED
@@ -39,7 +44,7 @@ class Levels:
         """Return True when the row should be written now (see the module docstring)."""
         if self.version <= self.written:
             return False
-        if self.finished or self.last_flush_at is None or self.eval_version > self.written:
+        if self.finished or self.last_flush_at is None or self.eval_changed:
             return True
         return now - self.last_flush_at >= min_interval_s
 

@@ -74,7 +74,7 @@ class Pump:
             self.discover()
         jobs = sorted(j for j in (_text(m) for m in self.redis.smembers(keys.JOBS)) if self.owns(j))
         result = PassResult(jobs=len(jobs))
-        drains, flushes, now = [], [], time.time()
+        drains, eval_flushes, flushes, now = [], [], [], time.time()
         for work in scan_levels(self.redis, jobs):  # only the jobs with something to do
             job_id, levels = work.job_id, work.levels
             if levels.undrained > 0:
@@ -84,8 +84,8 @@ class Pump:
             if levels.version > levels.written:
                 result.behind_sink += 1
                 due = levels.flush_due(now, self.settings.flush_min_interval_s)
-                if due and not work.flush_queued:
-                    flushes.append(job_id)
+                if due and not work.flush_queued:  # evaluations first: users wait for them
+                    (eval_flushes if levels.eval_changed else flushes).append(job_id)
             elif levels.undrained == 0 and levels.finished:
                 self._retire(job_id)
                 result.retired += 1
@@ -94,7 +94,7 @@ class Pump:
             self.redis, keys.SCORING_QUEUE, keys.DRAIN_JOBS_TASK, drains, settings
         )
         result.flushes_enqueued = enqueue_many(
-            self.redis, keys.SINK_QUEUE, keys.FLUSH_JOBS_TASK, flushes, settings
+            self.redis, keys.SINK_QUEUE, keys.FLUSH_JOBS_TASK, eval_flushes + flushes, settings
         )
         return result
 

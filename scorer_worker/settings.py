@@ -33,7 +33,7 @@ class Settings:
     drain_batch_events: int = 1000
     drain_budget_s: float = 5.0
     dispatch_batch_jobs: int = 50
-    pump_interval_ms: int = 50
+    pump_interval_ms: int = 20
     discover_interval_s: float = 5.0
     queued_marker_ttl_s: int = 30
     flush_lock_ttl_s: int = 30

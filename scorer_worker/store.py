@@ -44,9 +44,9 @@ def load_for_row(redis: Any, job_id: str, written_version: int) -> JobState:
     """Return what a row write needs: the head with its summary, and changed records only.
 
     The records loaded are those of the steps changed after ``written_version``. Everything is
-    loaded (and summarized) instead when nothing was written yet (a new or re-registered job
-    gets all its metric rows), when the records are packed, or when the head carries no
-    summary (a state written before summaries existed).
+    loaded instead when nothing was written yet (a new or re-registered job gets all its
+    metric rows) or the records are packed; and summarized when the head carries no summary
+    (a state written before summaries existed).
     """
     key = keys.state(job_id)
     if written_version > 0:
@@ -61,7 +61,8 @@ def load_for_row(redis: Any, job_id: str, written_version: int) -> JobState:
                 state.load_records(dict(zip(names, redis.hmget(key, names), strict=True)))
             return state
     state = load_state(redis, job_id)
-    state.summary = summarize(state, get_profile(state.profile))
+    if state.summary is None:  # a head written before summaries existed
+        state.summary = summarize(state, get_profile(state.profile))
     return state
 
 

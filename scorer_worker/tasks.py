@@ -72,8 +72,9 @@ def _request_flushes(redis: Any, versions: dict[str, int], settings: Settings) -
     # Workers are trusted processes; enqueueing here saves the sink a pump interval.
     jobs, now = list(versions), time.time()
     due = [
-        job_id
+        (job_id, levels)
         for job_id, levels in zip(jobs, read_levels(redis, jobs), strict=True)
         if levels.flush_due(now, settings.flush_min_interval_s)
     ]
-    enqueue_many(redis, keys.SINK_QUEUE, keys.FLUSH_JOBS_TASK, due, settings)
+    ordered = [job_id for job_id, _ in sorted(due, key=lambda item: not item[1].eval_changed)]
+    enqueue_many(redis, keys.SINK_QUEUE, keys.FLUSH_JOBS_TASK, ordered, settings)

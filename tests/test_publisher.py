@@ -121,6 +121,22 @@ def test_events_arrive_in_publish_order_with_one_event_field(
     assert not publisher.spool.path.exists()
 
 
+def test_emit_builds_off_the_training_thread_from_a_copy_and_drops_unbuildable_events(
+    redis_client: redis.Redis, redis_server: LocalRedis, tmp_path: Path, publishers
+) -> None:
+    publisher = publishers(JOB, redis_server.url, spool_dir=tmp_path / "spool")
+    metrics = {"loss": 0.5}
+    before = time.time()
+    assert publisher.emit("train_log", 1, 0.1, metrics)
+    metrics["loss"] = 99.0  # changed after the call: the queued event keeps the old value
+    assert publisher.emit("no_such_kind", 2, 0.2, {"loss": 0.1})  # queued; built later
+    assert publisher.emit("train_log", -3, 0.3, {"loss": 0.1})  # negative step
+    publisher.close(timeout_s=5.0)
+    (event,) = [decode_event(raw, JOB) for raw in stream_raw(redis_client)]
+    assert event.metrics == {"loss": 0.5} and before <= event.ts <= time.time()
+    assert publisher.dropped == 2 and publisher.sent == 1
+
+
 def test_unreachable_redis_spools_then_a_new_publisher_delivers_spool_first(
     redis_client: redis.Redis, redis_server: LocalRedis, tmp_path: Path, publishers
 ) -> None:
