@@ -21,7 +21,7 @@ from typing import Any
 from transformers import PrinterCallback, TrainerCallback, set_seed
 
 from producer import CheckpointEventsCallback, EventPublisher
-from producer.events import encode_event
+from producer.events import build_event, encode_event
 from remote.tiny import prepare_overfit_demo
 from remote.training import build_trainer
 
@@ -33,17 +33,37 @@ class RecordingPublisher(EventPublisher):
         super().__init__(*args, **kwargs)
         self.published: list[str] = []
         self.publish_seconds: list[float] = []
+        self._accepted: list[Any] = []
         # Line-buffered: what was published before a SIGKILL is still in the file.
         self._log = open(log_path, "w", buffering=1, encoding="utf-8")  # noqa: SIM115
+
+    def emit(self, *args: Any, **kwargs: Any) -> bool:
+        # What the callback calls: timed as the training thread sees it, recorded after.
+        start = time.perf_counter()
+        accepted = super().emit(*args, **kwargs)
+        self.publish_seconds.append(time.perf_counter() - start)
+        self._record()
+        return accepted
 
     def publish(self, event: dict[str, Any]) -> bool:
         start = time.perf_counter()
         accepted = super().publish(event)
         self.publish_seconds.append(time.perf_counter() - start)
+        self._record()
+        return accepted
+
+    def _enqueue(self, item: Any, kind: Any) -> bool:
+        accepted = super()._enqueue(item, kind)
         if accepted:
+            self._accepted.append(item)
+        return accepted
+
+    def _record(self) -> None:
+        for item in self._accepted:  # an emit()ted event is built as the publisher would
+            event = item if isinstance(item, dict) else build_event(*item)
             self.published.append(encode_event(event))
             self._log.write(self.published[-1] + "\n")
-        return accepted
+        self._accepted.clear()
 
 
 class StepClock(TrainerCallback):
