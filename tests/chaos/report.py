@@ -49,7 +49,7 @@ def crash(f: Figures) -> list[str]:
         "(the Procfile's commands). 30 % of row UPDATEs `pg_sleep` 0.4 s inside the sink's "
         "transaction.",
         "",
-        f"- **Injected**: {_n(f['kills_total'])} SIGKILLs (process and work-horse), each "
+        f"- **Injected**: {_n(f['kills_total'])} SIGKILLs (of a process and any work-horse), each "
         f"followed by a restart: pump {_n(roles.get('pump', 0))}, scoring "
         f"{_n(roles.get('scoring', 0))}, sink {_n(roles.get('sink', 0))}. Aimed: "
         + "; ".join(aimed)
@@ -283,12 +283,15 @@ NOT_COVERED = """\
 
 METHOD = """\
 - Every experiment runs the Procfile's commands as separate processes (`ckpt-pipeline
-  pump`, `rq worker scoring|sink --url ... --connection-class
+  pump`, `rq worker scoring|sink --url ... --worker-class
+  scorer_worker.worker.PipelineWorker --connection-class
   scorer_worker.connection.RetryingRedis`) against a private `redis-server` (AOF on, fixed
   port so it can restart) and a private PostgreSQL (migrations applied), from
   `tests/chaos/conftest.py`.
-- A kill is SIGKILL of the process group and of RQ's work-horse (which RQ puts in a session
-  of its own): a crash of the process and of the task it runs. Kills are aimed with probes
+- A kill is SIGKILL of the process group and of any RQ work-horse (which RQ puts in a session
+  of its own): a crash of the process and of the task it runs. The Procfile's
+  `PipelineWorker` runs tasks in the worker process itself, so a kill in a task kills the
+  worker. Kills are aimed with probes
   that `tests/chaos/inject/sitecustomize.py` adds to the workers (marks, and a short linger
   after a state commit or before a task starts; they change no decision of the pipeline).
 - "Identical to a fault-free run" means: the same event lists are published to a fresh
