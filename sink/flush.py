@@ -8,8 +8,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import WatchError
-
 from scorer_worker import keys
 from scorer_worker.errors import PermanentSinkError, TransientSinkError
 from scorer_worker.levels import levels_from_meta
@@ -22,17 +20,23 @@ from .writers import retrying_write, writer_from_settings
 
 log = logging.getLogger(__name__)
 
-# After a write, in one step: raise written_version (never lower it: flushes may race), clear
-# the error, note the time, forget the changes written. KEYS: meta, changes. ARGV: version, now.
-_WRITTEN_SCRIPT = """
+# Raise written_version to ARGV[1], never lower it (flushes may race). KEYS[1]: meta.
+_RAISE_WRITTEN = """
 if (tonumber(redis.call('HGET', KEYS[1], 'written_version')) or 0) < tonumber(ARGV[1]) then
   redis.call('HSET', KEYS[1], 'written_version', ARGV[1])
 end
+"""
+# After a write, in one step: raise written_version, clear the error, note the time, forget
+# the changes written. KEYS: meta, changes. ARGV: version, now.
+_WRITTEN_SCRIPT = (
+    _RAISE_WRITTEN
+    + """
 redis.call('HDEL', KEYS[1], 'sink_error', 'sink_error_kind')
 redis.call('HSET', KEYS[1], 'last_flush_at', ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
 return 1
 """
+)
 # Delete the lock only if it is still ours (it may have expired and been taken).
 _RELEASE_SCRIPT = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -159,28 +163,11 @@ def _record_transient(redis: Any, job_id: str, exc: Exception) -> None:
 def _record(redis: Any, job_id: str, version: int, kind: str, message: str) -> None:
     log.error("row of job %s not written (%s): %s", job_id, kind, message)
     redis.hset(keys.meta(job_id), mapping={"sink_error": message, "sink_error_kind": kind})
-    _raise_written(redis, job_id, version)
+    redis.register_script(_RAISE_WRITTEN)(keys=[keys.meta(job_id)], args=[version])
 
 
 def _release(redis: Any, lock_key: str, lock_value: str) -> None:
     redis.register_script(_RELEASE_SCRIPT)(keys=[lock_key], args=[lock_value])
-
-
-def _raise_written(redis: Any, job_id: str, version: int) -> None:
-    """Move ``written_version`` up to ``version``, never down (racing flushes)."""
-    key = keys.meta(job_id)
-    with redis.pipeline() as pipe:
-        while True:
-            try:
-                pipe.watch(key)
-                if int(pipe.hget(key, "written_version") or 0) >= version:
-                    return
-                pipe.multi()
-                pipe.hset(key, "written_version", version)
-                pipe.execute()
-                return
-            except WatchError:
-                continue
 
 
 def _text(value: Any) -> Any:
