@@ -14,39 +14,76 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import keys
 from .drain import DrainResult, NeedsFullLoad, apply_event, record_poison
 from .errors import InvalidEvent, PoisonEvent
+from .levels import META_FIELDS, Levels, levels_from_meta
 from .models import WireEvent, decode_entry
 from .settings import Settings
-from .state import HEAD_FIELD, RECORD_PREFIXES, JobState
+from .state import INITIAL_CURSOR, RECORD_PREFIXES, JobState
 from .store import changed_steps, meta_fields, next_stream_id
 from .summary import retained_steps
 
-# KEYS: state, meta, changes, events. ARGV: the head read ('' for none), the new head, then
-# counted groups: record fields (name, value)*, meta fields (name, value)*, changes (score,
-# step)*, and last the stream id to trim below.
+# ARGV: job ids. For each job: {head ('' when its stream is empty), cursor, version,
+# written_version, status, eval_version, last_flush_at, poisoned (0/1)}. Key names are those
+# of keys.py, built here so one call covers hundreds of jobs (single-node Redis, like the
+# pump's scan). The events are read beside it with plain XRANGE, which is cheaper than
+# passing them through Lua.
+READ_SCRIPT = """
+local out = {}
+for i = 1, #ARGV do
+  local prefix = 'ckpt:{' .. ARGV[i] .. '}:'
+  local m = redis.call('HMGET', prefix .. 'meta', 'cursor', 'version', 'written_version',
+                       'status', 'eval_version', 'last_flush_at')
+  local poisoned = 0
+  for _, name in ipairs(redis.call('HKEYS', prefix .. 'meta')) do
+    if string.sub(name, 1, 7) == 'poison:' then poisoned = 1 break end
+  end
+  local head = ''
+  if redis.call('XLEN', prefix .. 'events') > 0 then
+    head = redis.call('HGET', prefix .. 'state', 'head') or ''
+  end
+  out[#out + 1] = {head, m[1] or '', m[2] or '', m[3] or '', m[4] or '', m[5] or '',
+                   m[6] or '', poisoned}
+end
+return out
+"""
+
+# ARGV, for each job: job id, the head read ('' for none), the new head, then counted groups:
+# record fields (name, value)*, meta fields (name, value)*, changes (score, step)*, and last
+# the stream id to trim below. A job is committed only if its head is still the one read
+# (compare-and-set); returns 1 or 0 per job.
 COMMIT_SCRIPT = """
-local head = redis.call('HGET', KEYS[1], 'head')
-if (head or '') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'head', ARGV[2])
-local i = 3
-for _, target in ipairs({'state', 'meta', 'changes'}) do
-  local n = tonumber(ARGV[i])
-  i = i + 1
-  for _ = 1, n do
-    if target == 'state' then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-    elseif target == 'meta' then redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
-    else redis.call('ZADD', KEYS[3], ARGV[i], ARGV[i + 1]) end
-    i = i + 2
+local function call_in_chunks(command, key, first, pairs)
+  local last = first + 2 * pairs - 1
+  for from = first, last, 400 do  -- 200 pairs a call: few calls, and within Lua's stack
+    redis.call(command, key, unpack(ARGV, from, math.min(from + 399, last)))
   end
 end
-redis.call('XTRIM', KEYS[4], 'MINID', ARGV[i])
-return 1
+local out = {}
+local i = 1
+while i <= #ARGV do
+  local prefix = 'ckpt:{' .. ARGV[i] .. '}:'
+  local ok = (redis.call('HGET', prefix .. 'state', 'head') or '') == ARGV[i + 1]
+  if ok then redis.call('HSET', prefix .. 'state', 'head', ARGV[i + 2]) end
+  i = i + 3
+  for _, target in ipairs({{'HSET', 'state'}, {'HSET', 'meta'}, {'ZADD', 'changes'}}) do
+    local n = tonumber(ARGV[i])
+    if ok then call_in_chunks(target[1], prefix .. target[2], i + 1, n) end
+    i = i + 1 + 2 * n
+  end
+  if ok then redis.call('XTRIM', prefix .. 'events', 'MINID', ARGV[i]) end
+  i = i + 1
+  out[#out + 1] = ok and 1 or 0
+end
+return out
 """
+# Redis runs a script alone: these chunks keep each call to a millisecond or two.
+READ_CHUNK_JOBS = 250
+COMMIT_CHUNK_JOBS = 100
 
 
 class _NotHere(Exception):
@@ -88,6 +125,7 @@ class BulkResult:
     results: dict[str, DrainResult]
     left: list[str]
     failed: dict[str, Exception]
+    levels: dict[str, Levels] = field(default_factory=dict)  # after the drain, for flushes
 
 
 def drain_many(redis: Any, job_ids: list[str], settings: Settings, deadline: float) -> BulkResult:
@@ -105,20 +143,14 @@ def drain_many(redis: Any, job_ids: list[str], settings: Settings, deadline: flo
             break
     for job_id in [*bulk.left, *bulk.failed]:
         bulk.results.pop(job_id, None)
+        bulk.levels.pop(job_id, None)
     return bulk
 
 
 def _round(redis: Any, job_ids: list[str], settings: Settings, bulk: BulkResult) -> list[str]:
     """One batch per job; return the jobs with more to drain."""
     results, not_here = bulk.results, bulk.left
-    jobs = _read_heads(redis, job_ids, settings, not_here)
-    _read_events(redis, jobs, settings, not_here)
-    jobs = [job for job in jobs if job.job_id not in not_here]
-    for job in jobs:
-        if not job.entries:
-            results[job.job_id].caught_up = True
-            results[job.job_id].version = job.state.version
-    jobs = [job for job in jobs if job.entries]
+    jobs = _read(redis, job_ids, settings, bulk)
     _read_records(redis, jobs)
     folded = []
     for job in jobs:
@@ -140,6 +172,13 @@ def _round(redis: Any, job_ids: list[str], settings: Settings, bulk: BulkResult)
         result.commits += 1
         result.version = job.state.version
         result.caught_up = len(job.entries) < settings.drain_batch_events
+        committed = meta_fields(job.state)
+        bulk.levels[job.job_id] = replace(
+            bulk.levels[job.job_id],
+            version=job.state.version,
+            status=committed["status"],
+            eval_version=job.state.eval_version,
+        )
         if not result.caught_up:
             more.append(job.job_id)
     return more
@@ -154,40 +193,57 @@ def _poisoned(
         bulk.failed[job_id] = PoisonEvent(f"job {job_id}: {poisoned}")
 
 
-def _read_heads(redis: Any, job_ids: list[str], settings: Settings, not_here: list) -> list[_Job]:
+def _read(redis: Any, job_ids: list[str], settings: Settings, bulk: BulkResult) -> list[_Job]:
+    """Read every job's levels and new events (and, for jobs with events, the head)."""
+    script = redis.register_script(READ_SCRIPT)
     pipe = redis.pipeline(transaction=False)
+    for start in range(0, len(job_ids), READ_CHUNK_JOBS):
+        script(args=job_ids[start : start + READ_CHUNK_JOBS], client=pipe)
     for job_id in job_ids:
-        pipe.hget(keys.state(job_id), HEAD_FIELD)
-        pipe.hkeys(keys.meta(job_id))
-    replies = pipe.execute()
+        # A commit trims what it drained, so the stream holds only entries after the cursor
+        # (checked in _job; the compare-and-set catches a commit made meanwhile).
+        pipe.xrange(keys.events(job_id), "-", "+", settings.drain_batch_events)
+    replies = pipe.execute() if job_ids else []
+    heads = [row for rows in replies[: -len(job_ids) or None] for row in rows]
     jobs = []
-    for job_id, head, meta_names in zip(job_ids, replies[::2], replies[1::2], strict=True):
-        head = _text(head) or ""
-        state = JobState.from_head(job_id, head, settings.profile)
-        poisoned = any(_text(name).startswith("poison:") for name in meta_names)
-        if poisoned or state.packed or state.summary is None:
-            not_here.append(job_id)
+    for job_id, (head, cursor, *meta, poisoned), entries in zip(
+        job_ids, heads, replies[-len(job_ids) :], strict=True
+    ):
+        levels = levels_from_meta(dict(zip(META_FIELDS, (_text(v) for v in meta), strict=True)))
+        bulk.levels[job_id] = levels
+        if not entries:  # caught up: nothing to fold or commit
+            result = bulk.results[job_id]
+            result.caught_up, result.version = True, levels.version
+            continue
+        job = _job(job_id, _text(head), _text(cursor), entries, settings)
+        if poisoned or job is None:
+            bulk.left.append(job_id)
         else:
-            highest = state.summary.max_eval_step
-            stored_max_eval = -1 if highest is None else highest
-            jobs.append(_Job(job_id, head, state, stored_max_eval=stored_max_eval))
+            jobs.append(job)
     return jobs
 
 
-def _read_events(redis: Any, jobs: list[_Job], settings: Settings, not_here: list) -> None:
-    pipe = redis.pipeline(transaction=False)
-    for job in jobs:
-        pipe.xrange(
-            keys.events(job.job_id), f"({job.state.cursor}", "+", settings.drain_batch_events
-        )
-    for job, entries in zip(jobs, pipe.execute(), strict=True):
-        try:
-            job.entries = [(_text(i), decode_entry(fields, job.job_id)) for i, fields in entries]
-        except InvalidEvent:  # a dead letter: drain_job writes it with the state
-            not_here.append(job.job_id)
-            continue
-        if job.state.version > 0 and any(e.kind == "train_begin" for _, e in job.entries):
-            not_here.append(job.job_id)  # a new attempt may drop records: a full load
+def _job(job_id: str, head: str, cursor: str, entries: list, settings: Settings) -> _Job | None:
+    """The job's batch, or None when it needs ``drain_job``."""
+    state = JobState.from_head(job_id, head, settings.profile)
+    if state.packed or state.summary is None or (cursor or INITIAL_CURSOR) != state.cursor:
+        return None  # packed records, an old head, or a meta cursor that is not the head's
+    if _id_key(_text(entries[0][0])) <= _id_key(state.cursor):
+        return None  # an entry at or before the cursor (never left by a commit): drain_job
+    highest = state.summary.max_eval_step
+    job = _Job(job_id, head, state, stored_max_eval=-1 if highest is None else highest)
+    try:
+        job.entries = [(_text(i), decode_entry(fields, job_id)) for i, fields in entries]
+    except InvalidEvent:  # a dead letter: drain_job writes it with the state
+        return None
+    if state.version > 0 and any(e.kind == "train_begin" for _, e in job.entries):
+        return None  # a new attempt may drop records: a full load
+    return job
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    millis, _, seq = entry_id.partition("-")
+    return int(millis), int(seq or 0)
 
 
 def _read_records(redis: Any, jobs: list[_Job]) -> None:
@@ -234,23 +290,27 @@ def _fold(job: _Job) -> None:
 
 def _commit(redis: Any, jobs: list[_Job]) -> list[str]:
     """Commit each job with the compare-and-set script; return the jobs that lost the race."""
-    if not jobs:
-        return []
     script = redis.register_script(COMMIT_SCRIPT)
     pipe = redis.pipeline(transaction=False)
-    for job in jobs:
-        state = job.state
-        fields = state.record_fields()
-        changed = [(n, v) for n, v in fields.items() if job.loaded.get(n) != v]
-        args: list[Any] = [job.head, state.head_json()]
-        for group in (changed, list(meta_fields(state).items()), _scored(state)):
-            args.append(len(group))
-            for pair in group:
-                args.extend(pair)
-        args.append(next_stream_id(state.cursor))
-        job_keys = [keys.state(job.job_id), keys.meta(job.job_id), keys.changes(job.job_id)]
-        script(keys=[*job_keys, keys.events(job.job_id)], args=args, client=pipe)
-    return [job.job_id for job, ok in zip(jobs, pipe.execute(), strict=True) if not ok]
+    for start in range(0, len(jobs), COMMIT_CHUNK_JOBS):
+        args: list[Any] = []
+        for job in jobs[start : start + COMMIT_CHUNK_JOBS]:
+            args.extend(_commit_args(job))
+        script(args=args, client=pipe)
+    replies = [ok for oks in pipe.execute() for ok in oks] if jobs else []
+    return [job.job_id for job, ok in zip(jobs, replies, strict=True) if not ok]
+
+
+def _commit_args(job: _Job) -> list[Any]:
+    state = job.state
+    changed = [(n, v) for n, v in state.record_fields().items() if job.loaded.get(n) != v]
+    args: list[Any] = [job.job_id, job.head, state.head_json()]
+    for group in (changed, list(meta_fields(state).items()), _scored(state)):
+        args.append(len(group))
+        for pair in group:
+            args.extend(pair)
+    args.append(next_stream_id(state.cursor))
+    return args
 
 
 def _scored(state: JobState) -> list[tuple[int, str]]:

@@ -164,6 +164,7 @@ def replay(job_id: str, output_dir: str) -> None:
 def pump(burst: bool, shard: str) -> None:
     """Run the reconciler that enqueues drains and flushes for jobs that are behind."""
     from .pump import Pump
+    from .worker import tune_gc
 
     index, _, count = shard.partition("/")
     settings = _settings()
@@ -177,6 +178,7 @@ def pump(burst: bool, shard: str) -> None:
             f"{result.flushes_enqueued} flushes enqueued"
         )
         return
+    tune_gc()
     reconciler.run()
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from . import keys
 
 FINISHED = ("completed", "failed", "cancelled")
-_META_FIELDS = ("version", "written_version", "status", "eval_version", "last_flush_at")
+META_FIELDS = ("version", "written_version", "status", "eval_version", "last_flush_at")
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def read_levels(redis: Any, job_ids: list[str]) -> list[Levels]:
     pipe = redis.pipeline(transaction=False)
     for job_id in job_ids:
         pipe.xlen(keys.events(job_id))
-        pipe.hmget(keys.meta(job_id), *_META_FIELDS)
+        pipe.hmget(keys.meta(job_id), *META_FIELDS)
     replies = pipe.execute()
     return [_levels(length, meta) for length, meta in zip(replies[::2], replies[1::2], strict=True)]
 
@@ -113,7 +113,7 @@ def scan_levels(redis: Any, job_ids: list[str]) -> list[JobWork]:
 
 def levels_from_meta(meta: dict[str, Any]) -> Levels:
     """Build levels from a job's meta hash already read (stream length not included)."""
-    return _levels(0, [meta.get(name) for name in _META_FIELDS])
+    return _levels(0, [meta.get(name) for name in META_FIELDS])
 
 
 def _levels(length: int, meta: list[Any]) -> Levels:

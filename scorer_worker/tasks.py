@@ -11,7 +11,7 @@ from .bulk import drain_many
 from .connection import task_connection
 from .dispatch import clear_markers, enqueue_many, for_each_job
 from .drain import DrainResult, drain_job
-from .levels import read_levels
+from .levels import Levels, read_levels
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ def drain_jobs(job_ids: list[str]) -> dict:
         results[job_id] = drain_job(redis, job_id, settings, deadline=deadline)
         return results[job_id]
 
+    bulk = None
     try:
         # Most jobs take the pipelined path; the rest (resumes, dead letters...) one by one.
         bulk = drain_many(redis, job_ids, settings, deadline)
@@ -61,20 +62,21 @@ def drain_jobs(job_ids: list[str]) -> dict:
 
         for_each_job([*bulk.left, *bulk.failed], drain_rest, "drain")
     finally:  # even when some job failed, the others' flushes and follow-ups are asked for
-        _request_flushes(redis, {j: r.version for j, r in results.items()}, settings)
+        known = bulk.levels if bulk is not None else {}
+        _request_flushes(redis, known, [j for j in results if j not in known], settings)
         behind = [j for j, r in results.items() if not r.caught_up]
         enqueue_many(redis, keys.SCORING_QUEUE, keys.DRAIN_JOBS_TASK, behind, settings)
     events = sum(r.events for r in results.values())
     return {"jobs": len(job_ids), "events": events, "behind": len(behind)}
 
 
-def _request_flushes(redis: Any, versions: dict[str, int], settings: Settings) -> None:
-    # Workers are trusted processes; enqueueing here saves the sink a pump interval.
-    jobs, now = list(versions), time.time()
-    due = [
-        (job_id, levels)
-        for job_id, levels in zip(jobs, read_levels(redis, jobs), strict=True)
-        if levels.flush_due(now, settings.flush_min_interval_s)
-    ]
-    ordered = [job_id for job_id, _ in sorted(due, key=lambda item: not item[1].eval_changed)]
+def _request_flushes(
+    redis: Any, known: dict[str, Levels], others: list[str], settings: Settings
+) -> None:
+    # Workers are trusted processes; enqueueing here saves the sink a pump interval. The
+    # pipelined drain already knows its jobs' levels; the others are read.
+    levels = {**known, **dict(zip(others, read_levels(redis, others), strict=True))}
+    now = time.time()
+    due = [j for j, level in levels.items() if level.flush_due(now, settings.flush_min_interval_s)]
+    ordered = sorted(due, key=lambda job_id: not levels[job_id].eval_changed)  # evals first
     enqueue_many(redis, keys.SINK_QUEUE, keys.FLUSH_JOBS_TASK, ordered, settings)

@@ -9,16 +9,34 @@ modules imported when the worker starts.
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 from rq.worker import SimpleWorker
 
+# A drain holds thousands of decoded events at once, none of them in reference cycles. With
+# CPython's default threshold (700) the collector runs every few hundred allocations and its
+# older generations traverse every live event again: a quarter of a large drain's time.
+GC_THRESHOLDS = (50_000, 20, 10)
+
+
+def tune_gc() -> None:
+    """Freeze what is loaded so far (modules) out of collection and collect less often.
+
+    For long-running pipeline processes, called once after their imports. Cycles are still
+    collected: only the cadence changes.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
 
 class PipelineWorker(SimpleWorker):
-    """``SimpleWorker`` that imports both queues' task modules at start."""
+    """``SimpleWorker`` that imports both queues' task modules at start, then tunes the GC."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         import scorer_worker.tasks  # noqa: F401  (loaded once, not on the first task)
         import sink.tasks  # noqa: F401
 
         super().__init__(*args, **kwargs)
+        tune_gc()
