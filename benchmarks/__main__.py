@@ -83,7 +83,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="rq --connection-class of the workers (default: the Procfile's, "
         "scorer_worker.connection.RetryingRedis, when it exists).",
     )
-    parser.add_argument("--scoring-workers", type=int, default=1, help="rq worker scoring count.")
+    parser.add_argument(
+        "--scoring-workers",
+        type=int,
+        default=None,
+        help="rq worker scoring count (default: 1; fan-out: 2, one per core).",
+    )
     parser.add_argument("--sink-workers", type=int, default=1, help="rq worker sink count.")
     parser.add_argument("--keep", action="store_true", help="Keep the working folder (logs).")
     parser.add_argument(

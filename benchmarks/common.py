@@ -113,6 +113,10 @@ def fmt(value: float | None) -> str:
     return f"{value:.3g}"
 
 
+# Fan-out is the figure that needs the scoring side to scale: two workers, one per core.
+FANOUT_SCORING_WORKERS = 2
+
+
 @dataclass
 class Context:
     """One benchmark run: its mode, sizes, folder, processes and worker settings."""
@@ -120,7 +124,7 @@ class Context:
     quick: bool
     workdir: Path
     worker_class: str = DEFAULT_WORKER_CLASS
-    scoring_workers: int = 1
+    scoring_workers: int | None = None  # None: 1, and FANOUT_SCORING_WORKERS for fan-out
     sink_workers: int = 1
     sizes: dict[str, dict[str, Any]] = field(default_factory=dict)
     details: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -203,7 +207,8 @@ class Context:
         return {
             "worker_class": self.worker_class,
             "connection_class": self.connection_class or "redis.Redis",
-            "scoring_workers": self.scoring_workers,
+            "scoring_workers": self.scoring_workers
+            or f"1 (fanout: {FANOUT_SCORING_WORKERS}, one per core)",
             "sink_workers": self.sink_workers,
             "pump": "python -m scorer_worker.cli pump (one, unsharded)",
             "ckpt_env": env or "defaults of scorer_worker/settings.py",
@@ -416,7 +421,7 @@ class Pipeline:
     ) -> None:
         self.ctx = ctx
         self.name = name
-        self.scoring = ctx.scoring_workers if scoring is None else scoring
+        self.scoring = (ctx.scoring_workers or 1) if scoring is None else scoring
         self.sink = ctx.sink_workers if sink is None else sink
         self.pump = pump
         self.folder = ctx.folder(name)

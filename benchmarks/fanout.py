@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from .common import (
+    FANOUT_SCORING_WORKERS,
     CommitWatcher,
     Context,
     Figure,
@@ -78,7 +79,9 @@ def _measure(
     step = max(1, len(jobs) // size["sample_jobs"])
     sample = jobs[::step][: size["sample_jobs"]]
     queue_depths: list[int] = []
-    with Pipeline(ctx, "fanout", redis_args=["--notify-keyspace-events", "KA"]) as pipeline:
+    scoring = ctx.scoring_workers or FANOUT_SCORING_WORKERS
+    redis_args = ["--notify-keyspace-events", "KA"]
+    with Pipeline(ctx, "fanout", scoring=scoring, redis_args=redis_args) as pipeline:
         pipeline.register(jobs)
         pipeline.start_processes()
         watcher = CommitWatcher(pipeline.server.url, sample)
@@ -126,7 +129,8 @@ def _measure(
     }
     note = (
         f"{len(jobs):,} jobs x {size['events_per_job_per_s']} event/s for "
-        f"{size['duration_s']} s; lag sampled on {len(sample)} jobs ({len(lags):,} events, "
+        f"{size['duration_s']} s, {scoring} rq worker scoring; lag sampled on "
+        f"{len(sample)} jobs ({len(lags):,} events, "
         f"{late:,} not committed by the end)"
     )
     return p99, details, note

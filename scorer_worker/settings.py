@@ -32,7 +32,7 @@ class Settings:
     profile: str = "default"
     drain_batch_events: int = 1000
     drain_budget_s: float = 5.0
-    dispatch_batch_jobs: int = 50
+    dispatch_batch_jobs: int = 500
     pump_interval_ms: int = 20
     discover_interval_s: float = 5.0
     queued_marker_ttl_s: int = 30
