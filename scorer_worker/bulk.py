@@ -1,13 +1,14 @@
-"""Draining many jobs at once: four pipelined round trips for all the jobs of a task.
+"""Draining many jobs at once: three pipelined round trips for all the jobs of a task.
 
 :func:`~scorer_worker.drain.drain_job` makes about eight round trips per job (watch, head,
 events, records, commit...). With thousands of live jobs each sending an event a second,
-those round trips are the cost. :func:`drain_many` reads every job's head and meta in one
-pipelined round trip, their new events in a second, the records those events touch in a
-third, and commits each job with a compare-and-set script (the head must still be the one
-read) in a fourth. A job this path does not take (a resume or another out-of-order fact, a
-dead letter, a poison event, a packed state, a lost compare-and-set) is left to ``drain_job``,
-which handles everything.
+those round trips are the cost. :func:`drain_many` reads every job's levels, head and new
+events in one pipelined round trip (a script per chunk of jobs, beside plain ``XRANGE``),
+the records those events touch in a second, and commits every job in a third with a script
+per chunk of jobs that writes a job only if its head is still the one read (a
+compare-and-set). A job this path does not take (a resume or another out-of-order fact, a
+dead letter, a poison event, a packed state, a lost compare-and-set) is left to
+``drain_job``, which handles everything.
 """
 
 from __future__ import annotations
@@ -84,6 +85,10 @@ return out
 # Redis runs a script alone: these chunks keep each call to a millisecond or two.
 READ_CHUNK_JOBS = 250
 COMMIT_CHUNK_JOBS = 100
+# Events held in memory at once by a round: the jobs share it, so 500 busy jobs take 40 events
+# each per round (and more rounds), not 1,000 each (half a million decoded events).
+ROUND_EVENTS = 10_000
+MIN_EVENTS_PER_JOB = 10
 
 
 class _NotHere(Exception):
@@ -137,7 +142,8 @@ def drain_many(redis: Any, job_ids: list[str], settings: Settings, deadline: flo
     bulk = BulkResult({job_id: DrainResult(job_id) for job_id in job_ids}, [], {})
     pending = list(job_ids)
     while pending:
-        more = _round(redis, pending, settings, bulk)
+        share = max(MIN_EVENTS_PER_JOB, ROUND_EVENTS // len(pending))
+        more = _round(redis, pending, settings, min(settings.drain_batch_events, share), bulk)
         pending = [job_id for job_id in more if job_id not in bulk.left]
         if time.monotonic() >= deadline:
             break
@@ -147,10 +153,12 @@ def drain_many(redis: Any, job_ids: list[str], settings: Settings, deadline: flo
     return bulk
 
 
-def _round(redis: Any, job_ids: list[str], settings: Settings, bulk: BulkResult) -> list[str]:
-    """One batch per job; return the jobs with more to drain."""
+def _round(
+    redis: Any, job_ids: list[str], settings: Settings, count: int, bulk: BulkResult
+) -> list[str]:
+    """One batch of at most ``count`` events per job; return the jobs with more to drain."""
     results, not_here = bulk.results, bulk.left
-    jobs = _read(redis, job_ids, settings, bulk)
+    jobs = _read(redis, job_ids, settings, count, bulk)
     _read_records(redis, jobs)
     folded = []
     for job in jobs:
@@ -171,7 +179,7 @@ def _round(redis: Any, job_ids: list[str], settings: Settings, bulk: BulkResult)
         result.events += len(job.entries)
         result.commits += 1
         result.version = job.state.version
-        result.caught_up = len(job.entries) < settings.drain_batch_events
+        result.caught_up = len(job.entries) < count
         committed = meta_fields(job.state)
         bulk.levels[job.job_id] = replace(
             bulk.levels[job.job_id],
@@ -193,7 +201,9 @@ def _poisoned(
         bulk.failed[job_id] = PoisonEvent(f"job {job_id}: {poisoned}")
 
 
-def _read(redis: Any, job_ids: list[str], settings: Settings, bulk: BulkResult) -> list[_Job]:
+def _read(
+    redis: Any, job_ids: list[str], settings: Settings, count: int, bulk: BulkResult
+) -> list[_Job]:
     """Read every job's levels and new events (and, for jobs with events, the head)."""
     script = redis.register_script(READ_SCRIPT)
     pipe = redis.pipeline(transaction=False)
@@ -202,7 +212,7 @@ def _read(redis: Any, job_ids: list[str], settings: Settings, bulk: BulkResult) 
     for job_id in job_ids:
         # A commit trims what it drained, so the stream holds only entries after the cursor
         # (checked in _job; the compare-and-set catches a commit made meanwhile).
-        pipe.xrange(keys.events(job_id), "-", "+", settings.drain_batch_events)
+        pipe.xrange(keys.events(job_id), "-", "+", count)
     replies = pipe.execute() if job_ids else []
     heads = [row for rows in replies[: -len(job_ids) or None] for row in rows]
     jobs = []

@@ -112,3 +112,62 @@ def test_a_job_committed_by_someone_else_meanwhile_is_redone_by_drain_job(monkey
     # The compare-and-set refused the stale commit: drain_job redoes the job.
     assert drain_many(fake, [JOB], settings, time.monotonic() + 5).left == [JOB]
     assert load_state(fake, JOB).version == version_before + 1  # the other worker's, only
+
+
+def test_a_round_shares_its_event_budget_among_the_jobs(monkeypatch):
+    import scorer_worker.bulk as bulk
+
+    monkeypatch.setattr(bulk, "ROUND_EVENTS", 30)  # 3 jobs: 10 events each per round
+    fake = fakeredis.FakeRedis()
+    jobs = ["a", "b", "c"]
+    for job in jobs:
+        publish(fake, raw_run(20, job=job), job=job)  # train_begin, 20 x (train, eval)
+    settings = Settings(redis_url="redis://unused")
+    result = drain_many(fake, jobs, settings, time.monotonic() + 5)
+    assert result.left == []
+    for job in jobs:
+        assert result.results[job].events == 41 and result.results[job].commits == 5
+        assert stored_summary(fake, job) == summarize(load_state(fake, job)).to_json()
+    fake_alone = fakeredis.FakeRedis()  # the same run drained by drain_job alone
+    publish(fake_alone, raw_run(20, job="a"), job="a")
+    drain_job(fake_alone, "a", settings)
+    assert load_state(fake, "a").fingerprint() == load_state(fake_alone, "a").fingerprint()
+
+
+def test_an_entry_at_or_before_the_cursor_is_left_to_drain_job():
+    fake = fakeredis.FakeRedis()
+    publish(fake, raw_run(3))
+    settings = Settings(redis_url="redis://unused")
+    drain_task(fake, [JOB], settings)
+    # A stream entry the cursor already passed (a commit never leaves one): the pipelined
+    # path reads the stream from its start, so it must not fold it.
+    state = load_state(fake, JOB)
+    publish(fake, [to_wire(train(100, 0.1, ts=100))])
+    entry = fake.xrange(keys.events(JOB))[0][0].decode()
+    millis = int(entry.split("-")[0]) + 1000
+    head = state.head_json().replace(f'"cursor":"{state.cursor}"', f'"cursor":"{millis}-0"')
+    fake.hset(keys.state(JOB), "head", head)
+    fake.hset(keys.meta(JOB), "cursor", f"{millis}-0")
+    assert drain_many(fake, [JOB], settings, time.monotonic() + 5).left == [JOB]
+    assert drain_job(fake, JOB, settings).events == 0  # from the cursor: nothing new
+
+
+def test_a_meta_cursor_that_is_not_the_heads_is_left_to_drain_job():
+    fake = fakeredis.FakeRedis()
+    publish(fake, raw_run(3))
+    settings = Settings(redis_url="redis://unused")
+    drain_task(fake, [JOB], settings)
+    publish(fake, [to_wire(train(100, 0.1, ts=100))])
+    fake.hset(keys.meta(JOB), "cursor", "1-0")
+    assert drain_many(fake, [JOB], settings, time.monotonic() + 5).left == [JOB]
+    assert drain_job(fake, JOB, settings).events == 1
+
+
+def test_the_flush_levels_are_those_after_the_commit():
+    fake = fakeredis.FakeRedis()
+    publish(fake, raw_run(3))
+    settings = Settings(redis_url="redis://unused")
+    result = drain_many(fake, [JOB], settings, time.monotonic() + 5)
+    state, levels = load_state(fake, JOB), result.levels[JOB]
+    assert (levels.version, levels.eval_version) == (state.version, state.eval_version)
+    assert levels.eval_changed and levels.flush_due(time.time(), 1.0)  # never written

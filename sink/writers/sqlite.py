@@ -118,7 +118,7 @@ class SqliteWriter:
                     token_matches=_row_exists(conn, job_id, job_token),
                     row_exists=_row_exists(conn, job_id),
                 )
-            _replace_metrics(conn, job_id, one_row_per_step(metrics))
+            _replace_metrics(conn, one_row_per_step(metrics))
             return WriteOutcome.WRITTEN
 
     def read_job(self, job_id: str) -> dict[str, Any] | None:
@@ -199,6 +199,13 @@ def _create_jobs_sql() -> str:
     return f"CREATE TABLE IF NOT EXISTS {JOBS_TABLE} ({columns})"
 
 
+_REPLACE_METRICS_SQL = (
+    f"INSERT OR REPLACE INTO {METRICS_TABLE} "
+    f"({', '.join(quote_ident(name) for name in METRIC_COLUMN_NAMES)}) "
+    f"VALUES ({', '.join(f':{name}' for name in METRIC_COLUMN_NAMES)})"
+)
+
+
 def _create_metrics_sql() -> str:
     columns = ", ".join(_column_sql(c) for c in METRIC_COLUMNS)
     return f"CREATE TABLE IF NOT EXISTS {METRICS_TABLE} ({columns}, PRIMARY KEY (job_id, step))"
@@ -220,14 +227,9 @@ def _row_exists(conn: sqlite3.Connection, job_id: str, job_token: str | None = N
     return conn.execute(query, params).fetchone() is not None
 
 
-def _replace_metrics(conn: sqlite3.Connection, job_id: str, metrics: list[dict[str, Any]]) -> None:
-    conn.executemany(
-        f"DELETE FROM {METRICS_TABLE} WHERE job_id = ? AND step = ?",
-        [(job_id, metric["step"]) for metric in metrics],
-    )
-    columns = ", ".join(quote_ident(name) for name in METRIC_COLUMN_NAMES)
-    placeholders = ", ".join(f":{name}" for name in METRIC_COLUMN_NAMES)
-    conn.executemany(f"INSERT INTO {METRICS_TABLE} ({columns}) VALUES ({placeholders})", metrics)
+def _replace_metrics(conn: sqlite3.Connection, metrics: list[dict[str, Any]]) -> None:
+    # REPLACE deletes the row at the same (job_id, step) and inserts: one statement per step.
+    conn.executemany(_REPLACE_METRICS_SQL, metrics)
 
 
 def _encode_json(row: dict[str, Any]) -> dict[str, Any]:
