@@ -58,8 +58,8 @@ return out
 # the stream id to trim below. A job is committed only if its head is still the one read
 # (compare-and-set); returns 1 or 0 per job.
 COMMIT_SCRIPT = """
-local function call_in_chunks(command, key, first, pairs)
-  local last = first + 2 * pairs - 1
+local function call_in_chunks(command, key, first, count)
+  local last = first + 2 * count - 1  -- count (field, value) or (score, member) pairs
   for from = first, last, 400 do  -- 200 pairs a call: few calls, and within Lua's stack
     redis.call(command, key, unpack(ARGV, from, math.min(from + 399, last)))
   end
