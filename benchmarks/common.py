@@ -25,6 +25,7 @@ from producer.events import build_event, encode_event
 from producer.wire import EVENT_FIELD, stream_key
 from scorer_worker import keys
 from scorer_worker.local_redis import LocalRedis
+from scorer_worker.store import stream_id_key
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "bench-token"
@@ -579,7 +580,7 @@ class Pipeline:
         for job_id, (cursor, version, written_version, _) in zip(
             jobs, self.levels(jobs), strict=True
         ):
-            if cursor is None or _id_key(cursor) < _id_key(last_ids[job_id]):
+            if cursor is None or stream_id_key(cursor) < stream_id_key(last_ids[job_id]):
                 return False
             if written and written_version < version:
                 return False
@@ -594,12 +595,6 @@ class Pipeline:
             self.client.close()
         if self.server is not None:
             self.ctx.stop_redis(self.server)
-
-
-def _id_key(entry_id: str | bytes) -> tuple[int, int]:
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    millis, _, seq = text.partition("-")
-    return int(millis), int(seq or 0)
 
 
 def ensure_sqlite_schema(path: Path) -> None:
@@ -740,7 +735,7 @@ class CommitWatcher:
         seen = time.time()
         for job, cursor in zip(jobs, cursors, strict=True):
             if cursor:
-                position = _id_key(cursor)
+                position = stream_id_key(cursor)
                 history = self.commits[job]
                 if not history or position > history[-1][1]:
                     history.append((seen, position))
@@ -749,7 +744,7 @@ class CommitWatcher:
         """True when every sampled job's committed cursor reached the given entry ids."""
         for job, entry_id in last.items():
             history = self.commits.get(job)
-            if not history or history[-1][1] < _id_key(entry_id):
+            if not history or history[-1][1] < stream_id_key(entry_id):
                 return False
         return True
 
@@ -760,7 +755,7 @@ class CommitWatcher:
             history = self.commits.get(job, [])
             positions = [position for _, position in history]
             for _kind, _step, entry_id in events:
-                index = bisect.bisect_left(positions, _id_key(entry_id))
+                index = bisect.bisect_left(positions, stream_id_key(entry_id))
                 if index == len(history):
                     lags.append(float("inf"))
                 else:

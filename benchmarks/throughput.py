@@ -15,8 +15,9 @@ import time
 from typing import Any
 
 from producer.wire import EVENT_FIELD
+from scorer_worker.store import stream_id_key
 
-from .common import Context, Figure, JobEvents, Pipeline, _id_key, sqlite_reader, xadd_all
+from .common import Context, Figure, JobEvents, Pipeline, sqlite_reader, xadd_all
 
 NAMES = ("events_per_s", "raw_xadd_per_s", "throughput_ratio")
 
@@ -99,5 +100,5 @@ def _committed(pipeline: Pipeline, jobs: list[str], ids: list[list[bytes]]) -> i
     count = 0
     for job_ids, (cursor, *_rest) in zip(ids, pipeline.levels(jobs), strict=True):
         if cursor:
-            count += bisect.bisect_right([_id_key(i) for i in job_ids], _id_key(cursor))
+            count += bisect.bisect_right([stream_id_key(i) for i in job_ids], stream_id_key(cursor))
     return count

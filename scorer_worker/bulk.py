@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import keys
@@ -25,7 +25,7 @@ from .levels import META_FIELDS, Levels, levels_from_meta
 from .models import WireEvent, decode_entry
 from .settings import Settings
 from .state import INITIAL_CURSOR, RECORD_PREFIXES, JobState
-from .store import changed_steps, meta_fields, next_stream_id
+from .store import changed_steps, meta_fields, next_stream_id, stream_id_key
 from .summary import retained_steps
 
 # ARGV: job ids. For each job: {head ('' when its stream is empty), cursor, version,
@@ -114,6 +114,7 @@ class _Job:
     loaded: dict[str, str | None] = field(default_factory=dict)
     full: bool = False  # never: a batch needing every record goes to drain_job
     stored_max_eval: int = -1  # the highest evaluation step stored before this batch
+    meta: dict[str, Any] = field(default_factory=dict)  # the levels' meta fields, as read
 
     def load_evals(self, steps: Iterable[int]) -> None:
         """Check the evaluation records a new checkpoint needs were read with the batch."""
@@ -180,13 +181,8 @@ def _round(
         result.commits += 1
         result.version = job.state.version
         result.caught_up = len(job.entries) < count
-        committed = meta_fields(job.state)
-        bulk.levels[job.job_id] = replace(
-            bulk.levels[job.job_id],
-            version=job.state.version,
-            status=committed["status"],
-            eval_version=job.state.eval_version,
-        )
+        # The meta hash as the commit left it: what decides the job's flush request.
+        bulk.levels[job.job_id] = levels_from_meta({**job.meta, **meta_fields(job.state)})
         if not result.caught_up:
             more.append(job.job_id)
     return more
@@ -216,11 +212,11 @@ def _read(
     replies = pipe.execute() if job_ids else []
     heads = [row for rows in replies[: -len(job_ids) or None] for row in rows]
     jobs = []
-    for job_id, (head, cursor, *meta, poisoned), entries in zip(
+    for job_id, (head, cursor, *values, poisoned), entries in zip(
         job_ids, heads, replies[-len(job_ids) :], strict=True
     ):
-        levels = levels_from_meta(dict(zip(META_FIELDS, (_text(v) for v in meta), strict=True)))
-        bulk.levels[job_id] = levels
+        meta = dict(zip(META_FIELDS, (_text(v) or None for v in values), strict=True))
+        levels = bulk.levels[job_id] = levels_from_meta(meta)
         if not entries:  # caught up: nothing to fold or commit
             result = bulk.results[job_id]
             result.caught_up, result.version = True, levels.version
@@ -229,6 +225,7 @@ def _read(
         if poisoned or job is None:
             bulk.left.append(job_id)
         else:
+            job.meta = meta
             jobs.append(job)
     return jobs
 
@@ -238,7 +235,7 @@ def _job(job_id: str, head: str, cursor: str, entries: list, settings: Settings)
     state = JobState.from_head(job_id, head, settings.profile)
     if state.packed or state.summary is None or (cursor or INITIAL_CURSOR) != state.cursor:
         return None  # packed records, an old head, or a meta cursor that is not the head's
-    if _id_key(_text(entries[0][0])) <= _id_key(state.cursor):
+    if stream_id_key(entries[0][0]) <= stream_id_key(state.cursor):
         return None  # an entry at or before the cursor (never left by a commit): drain_job
     highest = state.summary.max_eval_step
     job = _Job(job_id, head, state, stored_max_eval=-1 if highest is None else highest)
@@ -249,11 +246,6 @@ def _job(job_id: str, head: str, cursor: str, entries: list, settings: Settings)
     if state.version > 0 and any(e.kind == "train_begin" for _, e in job.entries):
         return None  # a new attempt may drop records: a full load
     return job
-
-
-def _id_key(entry_id: str) -> tuple[int, int]:
-    millis, _, seq = entry_id.partition("-")
-    return int(millis), int(seq or 0)
 
 
 def _read_records(redis: Any, jobs: list[_Job]) -> None:

@@ -68,8 +68,15 @@ def load_for_row(redis: Any, job_id: str, written_version: int) -> JobState:
 
 def next_stream_id(entry_id: str) -> str:
     """Return the smallest stream id greater than ``entry_id`` (for XTRIM MINID)."""
-    millis, _, seq = entry_id.partition("-")
-    return f"{millis}-{int(seq or 0) + 1}"
+    millis, seq = stream_id_key(entry_id)
+    return f"{millis}-{seq + 1}"
+
+
+def stream_id_key(entry_id: str | bytes) -> tuple[int, int]:
+    """Return a stream entry id as ``(millis, sequence)``, which orders like the stream."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    millis, _, seq = text.partition("-")
+    return int(millis), int(seq or 0)
 
 
 def compact_state(redis: Any, job_id: str) -> bool:
