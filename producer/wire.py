@@ -41,6 +41,54 @@ def stream_key(job_id: str) -> str:
     return f"ckpt:{{{job_id}}}:events"
 
 
+def decision_key(job_id: str) -> str:
+    """Return the key of a job's decision: ``ckpt:{<job_id>}:decision`` (a hash).
+
+    The scorer writes it in the same atomic commit as the job's state; the job's pod may only
+    read it (``HMGET``). Its fields are the ``DECISION_*`` names below and, per scored
+    evaluation, ``score:<step>`` (see :func:`decision_score_field`).
+
+    Raises:
+        ValueError: if ``job_id`` is not a valid job id.
+    """
+    return stream_key(job_id)[: -len(":events")] + ":decision"
+
+
+# Fields of the decision hash. Numbers are written with repr(); "" means none.
+DECISION_VERSION = "version"  # the state version of the commit that wrote the decision
+DECISION_BEST_STEP = "best_step"
+DECISION_BEST_CHECKPOINT = "best_checkpoint"  # "checkpoint-N", "" while nothing was saved
+DECISION_BEST_SCORE = "best_score"
+DECISION_EVALS = "evals"  # evaluations scored
+DECISION_EVALS_SINCE_BEST = "evals_since_best"
+DECISION_SCORE_PREFIX = "score:"
+
+
+def decision_score_field(step: int) -> str:
+    """Return the decision field holding the score of the evaluation at ``step``."""
+    return f"{DECISION_SCORE_PREFIX}{step}"
+
+
+def encode_decision_score(score: float, eval_loss: float | None) -> str:
+    """Encode an evaluation's score with the eval loss it was computed from: ``score,loss``.
+
+    The loss lets a producer check that a score covers *its* evaluation (a resumed attempt
+    may evaluate a step again). ``repr`` round-trips every float, NaN and infinities included.
+    """
+    return f"{score!r},{'' if eval_loss is None else repr(float(eval_loss))}"
+
+
+def decode_decision_score(raw: str | bytes) -> tuple[float, float | None]:
+    """Decode what :func:`encode_decision_score` wrote.
+
+    Raises:
+        ValueError: if ``raw`` is not of that form.
+    """
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    score, _, loss = text.partition(",")
+    return float(score), (float(loss) if loss else None)
+
+
 def job_of_stream_key(key: str) -> str | None:
     """Return the job id inside a stream key, or None when ``key`` is not a job stream."""
     if key.startswith("ckpt:{") and key.endswith("}:events"):

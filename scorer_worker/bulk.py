@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import keys
+from .decision import decision_basis, decision_write
 from .drain import DrainResult, NeedsFullLoad, apply_event, record_poison
 from .errors import InvalidEvent, PoisonEvent
 from .levels import META_FIELDS, Levels, levels_from_meta
@@ -54,9 +55,9 @@ return out
 """
 
 # ARGV, for each job: job id, the head read ('' for none), the new head, then counted groups:
-# record fields (name, value)*, meta fields (name, value)*, changes (score, step)*, and last
-# the stream id to trim below. A job is committed only if its head is still the one read
-# (compare-and-set); returns 1 or 0 per job.
+# record fields (name, value)*, meta fields (name, value)*, changes (score, step)*, decision
+# fields (name, value)*, and last the stream id to trim below. A job is committed only if its
+# head is still the one read (compare-and-set); returns 1 or 0 per job.
 COMMIT_SCRIPT = """
 local function call_in_chunks(command, key, first, count)
   local last = first + 2 * count - 1  -- count (field, value) or (score, member) pairs
@@ -71,7 +72,8 @@ while i <= #ARGV do
   local ok = (redis.call('HGET', prefix .. 'state', 'head') or '') == ARGV[i + 1]
   if ok then redis.call('HSET', prefix .. 'state', 'head', ARGV[i + 2]) end
   i = i + 3
-  for _, target in ipairs({{'HSET', 'state'}, {'HSET', 'meta'}, {'ZADD', 'changes'}}) do
+  for _, target in ipairs({{'HSET', 'state'}, {'HSET', 'meta'}, {'ZADD', 'changes'},
+                           {'HSET', 'decision'}}) do
     local n = tonumber(ARGV[i])
     if ok then call_in_chunks(target[1], prefix .. target[2], i + 1, n) end
     i = i + 1 + 2 * n
@@ -115,6 +117,7 @@ class _Job:
     full: bool = False  # never: a batch needing every record goes to drain_job
     stored_max_eval: int = -1  # the highest evaluation step stored before this batch
     meta: dict[str, Any] = field(default_factory=dict)  # the levels' meta fields, as read
+    basis: tuple[Any, ...] = ()  # what the stored decision's header was derived from
 
     def load_evals(self, steps: Iterable[int]) -> None:
         """Check the evaluation records a new checkpoint needs were read with the batch."""
@@ -239,6 +242,7 @@ def _job(job_id: str, head: str, cursor: str, entries: list, settings: Settings)
         return None  # an entry at or before the cursor (never left by a commit): drain_job
     highest = state.summary.max_eval_step
     job = _Job(job_id, head, state, stored_max_eval=-1 if highest is None else highest)
+    job.basis = decision_basis(state.summary)
     try:
         job.entries = [(_text(i), decode_entry(fields, job_id)) for i, fields in entries]
     except InvalidEvent:  # a dead letter: drain_job writes it with the state
@@ -307,7 +311,9 @@ def _commit_args(job: _Job) -> list[Any]:
     state = job.state
     changed = [(n, v) for n, v in state.record_fields().items() if job.loaded.get(n) != v]
     args: list[Any] = [job.job_id, job.head, state.head_json()]
-    for group in (changed, list(meta_fields(state).items()), _scored(state)):
+    decision = decision_write(state, job.basis, full=False)
+    decided = list(decision.fields.items()) if decision else []
+    for group in (changed, list(meta_fields(state).items()), _scored(state), decided):
         args.append(len(group))
         for pair in group:
             args.extend(pair)

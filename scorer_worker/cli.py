@@ -239,9 +239,9 @@ def status(job_id: str, as_json: bool) -> None:
         click.echo(_dump(report))
         return
     click.echo(f"job {job_id}")
-    for section in ("pipeline", "row"):
+    for section in ("pipeline", "picks", "row"):
         click.echo(f"  {section}:")
-        for name, value in (report[section] or {}).items():
+        for name, value in (report.get(section) or {}).items():
             click.echo(f"    {name:<28} {_finite(value)}")
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from producer.wire import stream_key
+from producer.wire import decision_key, stream_key
 
 JOBS = "ckpt:jobs"
 DEAD = "ckpt:dead"
@@ -20,6 +20,11 @@ def events(job_id: str) -> str:
 def state(job_id: str) -> str:
     """The job's state, cursor and version (one JSON string)."""
     return f"ckpt:{{{job_id}}}:state"
+
+
+def decision(job_id: str) -> str:
+    """The job's decision: scores by step and the pick (a hash its pod may read)."""
+    return decision_key(job_id)
 
 
 def changes(job_id: str) -> str:

@@ -40,6 +40,7 @@ class ScoredEval:
     breakdown: dict[str, Any]
     eligible: bool
     checkpoint: str | None
+    ordinal: int = 0  # position among the job's evaluations by step
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ def decide(state: JobState, profile: Profile = DEFAULT_PROFILE) -> Decision:
     train_steps, train_losses = _train_losses(state)
     scored: list[ScoredEval] = []
     previous: ScoredEval | None = None
-    for step in sorted(state.evals):
+    for ordinal, step in enumerate(sorted(state.evals)):
         record = state.evals[step]
         ewi = epochs_without_improvement(
             record.eval_loss,
@@ -76,7 +77,7 @@ def decide(state: JobState, profile: Profile = DEFAULT_PROFILE) -> Decision:
         checkpoint = f"{CHECKPOINT_PREFIX}{step}" if retained is not None and eligible else None
         previous = ScoredEval(
             step, record.epoch, record.eval_loss, train_loss, ewi, result.value,
-            result.breakdown, eligible, checkpoint,
+            result.breakdown, eligible, checkpoint, ordinal,
         )  # fmt: skip
         scored.append(previous)
     return Decision(scored, _best(scored), _best_by_eval_loss(scored), profile)
@@ -94,6 +95,7 @@ def summarize(state: JobState, profile: Profile = DEFAULT_PROFILE) -> Summary:
         record = state.evals[scored.step]
         record.paired_train_loss = scored.train_loss
         record.epochs_without_improvement = scored.epochs_without_improvement
+        record.ordinal = scored.ordinal
     latest = state.latest_save
     records = [*state.train.items(), *state.evals.items()]
     epochs = [(step, r.epoch) for step, r in records if r.epoch is not None]
@@ -111,6 +113,7 @@ def summarize(state: JobState, profile: Profile = DEFAULT_PROFILE) -> Summary:
         retained=retained_steps(latest.retained) if latest else None,
         best=_pick(decision.best),
         best_by_eval_loss=_pick(decision.best_by_eval_loss),
+        eval_count=len(decision.evals),
     )
 
 
@@ -128,7 +131,7 @@ def _pick(scored: ScoredEval | None) -> Pick | None:
         return None
     return Pick(
         scored.step, scored.epoch, scored.eval_loss, scored.train_loss,
-        scored.epochs_without_improvement, scored.score,
+        scored.epochs_without_improvement, scored.score, scored.ordinal,
     )  # fmt: skip
 
 

@@ -62,6 +62,7 @@ class EvalRecord:
     # Derived context (not facts), kept so a new checkpoint can re-pick without a full load.
     paired_train_loss: float | None = None
     epochs_without_improvement: int = 0
+    ordinal: int = 0  # position among the job's evaluations by step (0 for the first)
 
 
 @dataclass
@@ -358,7 +359,7 @@ _PARSERS = {
     for kind in (TrainRecord, EvalRecord)
 }
 
-_NOT_FACTS = ("changed", "paired_train_loss", "epochs_without_improvement")
+_NOT_FACTS = ("changed", "paired_train_loss", "epochs_without_improvement", "ordinal")
 
 
 def _fact_names(kind: type) -> tuple[str, ...]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+from producer.wire import DECISION_SCORE_PREFIX
 
 from . import keys
 from .deadletter import list_dead_letters
@@ -32,7 +35,32 @@ def pipeline_state(redis: Any, job_id: str) -> dict[str, Any]:
         "recent_dead_letters": [f"{entry_id}: {letter.reason}" for entry_id, letter in letters],
         "sink_error": meta.get("sink_error"),
         "sink_error_kind": meta.get("sink_error_kind"),
+        "decision": decision_header(redis, job_id),
     }
+
+
+def decision_header(redis: Any, job_id: str) -> dict[str, str] | None:
+    """Return the decision the job's producer reads, without its per-step scores."""
+    fields = {_text(k): _text(v) for k, v in redis.hgetall(keys.decision(job_id)).items()}
+    header = {k: v for k, v in fields.items() if not k.startswith(DECISION_SCORE_PREFIX)}
+    return header or None
+
+
+def picks(row: dict[str, Any]) -> dict[str, Any]:
+    """Return the row's multi-metric pick beside the eval-loss-only pick kept for comparison."""
+    breakdown = row.get("best_score_breakdown")
+    if isinstance(breakdown, str):
+        breakdown = json.loads(breakdown)
+    multi = None
+    if row.get("best_checkpoint_step") is not None or row.get("best_step") is not None:
+        multi = {
+            "step": row.get("best_step"),
+            "epoch": row.get("best_epoch"),
+            "eval_loss": row.get("best_eval_loss"),
+            "score": row.get("best_checkpoint_score"),
+            "path": row.get("best_checkpoint_path"),
+        }
+    return {"multi_metric": multi, "eval_loss_only": (breakdown or {}).get("eval_loss_pick")}
 
 
 def job_status(settings: Settings, redis: Any, job_id: str) -> dict[str, Any]:
@@ -47,6 +75,7 @@ def job_status(settings: Settings, redis: Any, job_id: str) -> dict[str, Any]:
         writer.close()
     if row is not None:
         report["row"] = {k: v for k, v in row.items() if k not in SECRET_FIELDS}
+        report["picks"] = picks(row)
     return report
 
 

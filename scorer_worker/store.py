@@ -22,6 +22,7 @@ from redis.exceptions import WatchError
 
 from . import keys
 from .deadletter import DeadLetter, add_dead_letters
+from .decision import decision_basis, decision_write
 from .errors import StateConflict
 from .models import WireEvent
 from .ranking import summarize
@@ -120,6 +121,7 @@ class StateTransaction:
         self._pipe.watch(self._key)
         head = self._pipe.hget(self._key, HEAD_FIELD)
         self.state = JobState.from_head(job_id, head, profile)
+        self._decision_basis = decision_basis(self.state.summary)
         self._loaded: dict[str, str | None] = {}
         self._full = False
 
@@ -176,7 +178,7 @@ class StateTransaction:
         self._full = True
 
     def commit(self, dead_letters: list[DeadLetter], clear_fields: Iterable[str] = ()) -> None:
-        """Write state (with cursor and version), dead letters and the stream trim atomically.
+        """Write state (with cursor and version), decision, dead letters, stream trim atomically.
 
         Raises:
             StateConflict: the state changed since it was read.
@@ -195,6 +197,11 @@ class StateTransaction:
         steps = changed_steps(state, everything=self._full)
         if steps:
             pipe.zadd(keys.changes(self.job_id), steps)
+        decision = decision_write(state, self._decision_basis, self._full)
+        if decision is not None:
+            if decision.replace:
+                pipe.delete(keys.decision(self.job_id))
+            pipe.hset(keys.decision(self.job_id), mapping=decision.fields)
         add_dead_letters(pipe, dead_letters)
         for name in clear_fields:  # e.g. the retry counters of a poison event now dead
             pipe.hdel(keys.meta(self.job_id), name, f"{name}:n")

@@ -36,6 +36,7 @@ class Pick:
     train_loss: float | None
     epochs_without_improvement: int
     score: float
+    ordinal: int = 0  # position among the job's evaluations by step
 
 
 @dataclass
@@ -55,6 +56,12 @@ class Summary:
     retained: list[int] | None = None  # steps with a retained checkpoint; None before any save
     best: Pick | None = None
     best_by_eval_loss: Pick | None = None
+    eval_count: int = 0  # evaluations kept
+
+    @property
+    def evals_since_best(self) -> int:
+        """Evaluations after the best one (all of them while there is no best)."""
+        return self.eval_count - 1 - self.best.ordinal if self.best else self.eval_count
 
     def accepts(self, event: WireEvent, state: Any) -> bool:
         """Return True when ``event``, applied to ``state``, can be folded in incrementally.
@@ -128,6 +135,8 @@ class Summary:
         train = self.latest_train.get("loss")
         record.paired_train_loss = train[1] if train else None
         record.epochs_without_improvement = ewi
+        record.ordinal = self.eval_count
+        self.eval_count += 1
         pick = pick_of(step, record, profile)
         self.previous_eval_loss = previous.eval_loss if previous else None
         self.last_eval = pick
@@ -193,7 +202,9 @@ def pick_of(step: int, record: Any, profile: Profile) -> Pick:
     """Score an evaluation record from its stored context (paired loss, epochs w/o impr.)."""
     ewi = record.epochs_without_improvement
     score = score_eval(record.eval_loss, record.paired_train_loss, ewi, profile).value
-    return Pick(step, record.epoch, record.eval_loss, record.paired_train_loss, ewi, score)
+    return Pick(
+        step, record.epoch, record.eval_loss, record.paired_train_loss, ewi, score, record.ordinal
+    )
 
 
 def retained_steps(names: Iterable[str]) -> list[int]:

@@ -101,9 +101,11 @@ def job_row(state: JobState, summary: Summary | None = None) -> dict[str, Any]:
         "grad_norm": _latest_train(s, "grad_norm"),
         "perplexity": perplexity(last_loss),
         "train_perplexity": perplexity(loss),
-        "best_eval_loss": by_loss.eval_loss if by_loss else None,
-        "best_epoch": by_loss.epoch if by_loss else None,
-        "best_step": by_loss.step if by_loss else None,
+        # Every best_* column describes the one multi-metric pick (what the dashboard shows as
+        # "the best model"); the eval-loss-only pick is kept in the breakdown for comparison.
+        "best_eval_loss": best.eval_loss if best else None,
+        "best_epoch": best.epoch if best else None,
+        "best_step": best.step if best else None,
         "best_checkpoint_score": best.score if best else None,
         "best_checkpoint_step": best.step if best else None,
         "best_checkpoint_epoch": round(best.epoch) if best and best.epoch is not None else None,
@@ -115,7 +117,7 @@ def job_row(state: JobState, summary: Summary | None = None) -> dict[str, Any]:
         "completed_at": iso_time(state.end.ts) if state.end else None,
         "updated_at": iso_time(s.last_ts),
         "scoring_version": state.version,
-        "best_score_breakdown": json_safe(_breakdown(best, profile)) if best else None,
+        "best_score_breakdown": json_safe(_breakdown(best, by_loss, profile)),
     }
     return {name: finite_or_none(value) for name, value in row.items()}
 
@@ -221,9 +223,27 @@ def _latest_train(summary: Summary, name: str) -> float | None:
     return latest[1] if latest else None
 
 
-def _breakdown(best: Pick, profile: Profile) -> dict[str, Any]:
-    ewi = best.epochs_without_improvement
-    return score_eval(best.eval_loss, best.train_loss, ewi, profile).breakdown
+def _breakdown(best: Pick | None, by_loss: Pick | None, profile: Profile) -> dict | None:
+    if best is None and by_loss is None:
+        return None
+    breakdown: dict[str, Any] = {}
+    if best is not None:
+        ewi = best.epochs_without_improvement
+        breakdown = dict(score_eval(best.eval_loss, best.train_loss, ewi, profile).breakdown)
+    breakdown["eval_loss_pick"] = eval_loss_pick(by_loss)
+    return breakdown
+
+
+def eval_loss_pick(pick: Pick | None) -> dict[str, Any] | None:
+    """Return the eval-loss-only pick as the row's breakdown shows it (None when none)."""
+    if pick is None:
+        return None
+    return {
+        "step": pick.step,
+        "epoch": pick.epoch,
+        "eval_loss": pick.eval_loss,
+        "score": pick.score,
+    }
 
 
 def _checkpoint_path(state: JobState, summary: Summary, best: Pick | None) -> str | None:

@@ -19,6 +19,7 @@ from scorer_worker.state import JobState
 from scorer_worker.store import compact_state, load_state
 
 from .helpers import JOB, evaluation, fold, saved, train
+from .test_decision import assert_decision_matches
 from .test_drain_pump_flush import publish, raw_run, to_wire
 from .test_order_independence import runs
 
@@ -59,6 +60,8 @@ def test_pipelined_drains_equal_the_pure_fold(run, data):
         assert state.fingerprint() == fold(run, job=job).fingerprint()
         assert stored_summary(fake, job) == summarize(load_state(fake, job)).to_json()
         assert fake.xlen(keys.events(job)) == 0
+        if load_state(fake, job).evals:
+            assert_decision_matches(fake, job)
 
 
 def test_in_order_jobs_all_take_the_pipelined_path():
