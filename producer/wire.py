@@ -21,13 +21,17 @@ KINDS = (TRAIN_BEGIN, TRAIN_LOG, EVAL, CHECKPOINT_SAVED, TRAIN_END)
 END_STATUSES = ("completed", "failed", "cancelled")
 
 JOB_ID_PATTERN = r"[A-Za-z0-9_-]{1,64}"
-_JOB_ID_RE = re.compile(rf"^{JOB_ID_PATTERN}$")
+_JOB_ID_RE = re.compile(JOB_ID_PATTERN)
 CHECKPOINT_PREFIX = "checkpoint-"
+# Steps go to PostgreSQL integer columns: a larger one would make the row unwritable for good.
+MAX_STEP = 2**31 - 1
+_CHECKPOINT_RE = re.compile(rf"{CHECKPOINT_PREFIX}([0-9]{{1,10}})")
 
 
 def is_valid_job_id(job_id: object) -> bool:
     """Return True when ``job_id`` is 1 to 64 characters of ``[A-Za-z0-9_-]``."""
-    return isinstance(job_id, str) and bool(_JOB_ID_RE.match(job_id))
+    # fullmatch: re's "$" would also accept a trailing newline ("job\n").
+    return isinstance(job_id, str) and _JOB_ID_RE.fullmatch(job_id) is not None
 
 
 def stream_key(job_id: str) -> str:
@@ -98,7 +102,12 @@ def job_of_stream_key(key: str) -> str | None:
 
 
 def checkpoint_step(name: str) -> int | None:
-    """Return N for a folder named ``checkpoint-N``, else None."""
-    if name.startswith(CHECKPOINT_PREFIX) and name[len(CHECKPOINT_PREFIX) :].isdigit():
-        return int(name[len(CHECKPOINT_PREFIX) :])
-    return None
+    """Return N for a folder named ``checkpoint-N`` (ASCII digits, N <= MAX_STEP), else None.
+
+    ``str.isdigit`` is not enough: it accepts ``²`` and other scripts' digits, which ``int``
+    then refuses or reads as another number.
+    """
+    found = _CHECKPOINT_RE.fullmatch(name) if isinstance(name, str) else None
+    if found is None or int(found.group(1)) > MAX_STEP:
+        return None
+    return int(found.group(1))

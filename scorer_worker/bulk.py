@@ -240,6 +240,8 @@ def _job(job_id: str, head: str, cursor: str, entries: list, settings: Settings)
         return None  # packed records, an old head, or a meta cursor that is not the head's
     if stream_id_key(entries[0][0]) <= stream_id_key(state.cursor):
         return None  # an entry at or before the cursor (never left by a commit): drain_job
+    if next_stream_id(_text(entries[-1][0])) is None:
+        return None  # the largest possible id: the commit script cannot trim past it
     highest = state.summary.max_eval_step
     job = _Job(job_id, head, state, stored_max_eval=-1 if highest is None else highest)
     job.basis = decision_basis(state.summary)

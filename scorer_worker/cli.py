@@ -56,6 +56,8 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise  # click's own: --help and usage errors (Exit is a RuntimeError)
         except (PipelineError, ValueError, FileNotFoundError, RuntimeError) as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)

@@ -1,14 +1,44 @@
-"""Dead letters: events that failed validation or scoring, kept with a reason in ``ckpt:dead``."""
+"""Dead letters: events that failed validation or scoring, kept with a reason, per job.
+
+Each job's letters live in its own capped stream ``ckpt:{<job>}:dead``, written by the state
+commit (one slot, one atomic step). A letter is named ``<job>/<entry id>`` (job ids hold no
+``/``), which is what ``ckpt-pipeline dead`` prints and takes.
+"""
 
 from __future__ import annotations
 
+import heapq
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from . import keys
+from producer.wire import is_valid_job_id
 
-DEAD_MAXLEN = 100_000
+from . import keys
+from .errors import PipelineError
+
+DEAD_PER_JOB_DEFAULT = 1000
+_ENTRY_ID_RE = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+
+
+class BadDeadLetterRef(PipelineError, ValueError):
+    """A dead letter reference that is not ``<job>/<entry id>``."""
+
+
+def parse_ref(ref: str) -> tuple[str, str]:
+    """Split a dead letter reference ``<job>/<entry id>`` into its job and entry id.
+
+    Raises:
+        BadDeadLetterRef: if ``ref`` is not of that form.
+    """
+    job_id, _, entry_id = ref.partition("/")
+    if not is_valid_job_id(job_id) or _ENTRY_ID_RE.fullmatch(entry_id) is None:
+        raise BadDeadLetterRef(
+            f"{ref!r} is not a dead letter reference: expected <job>/<entry id> "
+            "as `ckpt-pipeline dead list` prints it, e.g. job-1/1700000000000-0"
+        )
+    return job_id, entry_id
 
 
 @dataclass(frozen=True)
@@ -72,24 +102,57 @@ def make_dead_letter(
     return DeadLetter(job_id, entry_id, reason[:1000], payload, size, time.time())
 
 
-def add_dead_letters(pipe: Any, letters: list[DeadLetter]) -> None:
-    """Queue XADDs of ``letters`` to ``ckpt:dead`` on a pipeline (inside the state commit)."""
+def add_dead_letters(
+    pipe: Any, letters: list[DeadLetter], max_per_job: int = DEAD_PER_JOB_DEFAULT
+) -> None:
+    """Queue XADDs of ``letters`` to their job's dead letters (inside the state commit).
+
+    Each job keeps its newest ``max_per_job`` letters.
+    """
     for letter in letters:
-        pipe.xadd(keys.DEAD, letter.fields(), maxlen=DEAD_MAXLEN, approximate=True)
+        pipe.xadd(keys.dead(letter.job_id), letter.fields(), maxlen=max_per_job, approximate=False)
 
 
 def list_dead_letters(
     redis: Any, count: int = 100, job_id: str | None = None
 ) -> list[tuple[str, DeadLetter]]:
-    """Return the newest dead letters (optionally of one job), newest first."""
-    found = []
-    for entry_id, fields in redis.xrevrange(keys.DEAD, count=count if job_id is None else 10_000):
-        letter = DeadLetter.from_fields(fields)
-        if job_id is None or letter.job_id == job_id:
-            found.append((_text(entry_id), letter))
-        if len(found) >= count:
-            break
-    return found
+    """Return the newest dead letters of one job, or of every job, newest first.
+
+    Each is returned with its reference ``<job>/<entry id>``.
+    """
+    jobs = [job_id] if job_id is not None else dead_letter_jobs(redis)
+    per_job = []
+    for job in jobs:
+        entries = redis.xrevrange(keys.dead(job), count=count)
+        per_job.append([(f"{job}/{_text(i)}", DeadLetter.from_fields(f)) for i, f in entries])
+    newest = heapq.merge(*per_job, key=lambda found: -found[1].ts)
+    return list(newest)[:count]
+
+
+def dead_letter_jobs(redis: Any) -> list[str]:
+    """Return the jobs that have dead letters (a SCAN: an operator's tool, not a hot path)."""
+    found = {keys.job_of_dead_key(key) for key in redis.scan_iter(keys.DEAD_PATTERN, count=1000)}
+    return sorted(job for job in found if job)
+
+
+def fetch_dead_letter(redis: Any, ref: str) -> DeadLetter | None:
+    """Return the dead letter named ``ref`` (``<job>/<entry id>``), or None if there is none.
+
+    Raises:
+        BadDeadLetterRef: if ``ref`` is malformed.
+    """
+    job_id, entry_id = parse_ref(ref)
+    found = redis.xrange(keys.dead(job_id), entry_id, entry_id)
+    return DeadLetter.from_fields(found[0][1]) if found else None
+
+
+def delete_dead_letters(redis: Any, refs: list[str]) -> int:
+    """Delete the dead letters named by ``refs``; return how many existed."""
+    deleted = 0
+    for ref in refs:
+        job_id, entry_id = parse_ref(ref)
+        deleted += int(redis.xdel(keys.dead(job_id), entry_id))
+    return deleted
 
 
 def _text(value: Any) -> str:

@@ -1,4 +1,7 @@
-"""Operator tools for dead letters: list, show, requeue, purge (``ckpt-pipeline dead``)."""
+"""Operator tools for dead letters: list, show, requeue, purge (``ckpt-pipeline dead``).
+
+A dead letter is named ``<job>/<entry id>``, as ``dead list`` prints it.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,15 @@ import click
 from producer.wire import EVENT_FIELD, is_valid_job_id
 
 from . import keys
-from .deadletter import REDACTED, DeadLetter, list_dead_letters
+from .deadletter import (
+    REDACTED,
+    DeadLetter,
+    dead_letter_jobs,
+    delete_dead_letters,
+    fetch_dead_letter,
+    list_dead_letters,
+    parse_ref,
+)
 
 
 @click.group()
@@ -24,86 +35,96 @@ def _redis() -> Any:
     return connect(Settings.from_env())
 
 
+def _job_option(job_id: str | None) -> str | None:
+    if job_id is not None and not is_valid_job_id(job_id):
+        raise click.BadParameter(f"{job_id!r} is not a job id", param_hint="--job")
+    return job_id
+
+
 @dead.command("list")
 @click.option("--job", "job_id", help="Only this job's dead letters.")
-@click.option("--count", default=50, show_default=True, help="How many, newest first.")
+@click.option(
+    "--count",
+    default=50,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="How many, newest first.",
+)
 def list_(job_id: str | None, count: int) -> None:
-    """List dead letters, newest first: id, job, payload size and reason."""
-    letters = list_dead_letters(_redis(), count=count, job_id=job_id)
+    """List dead letters, newest first: reference (job/entry id), payload size and reason."""
+    letters = list_dead_letters(_redis(), count=count, job_id=_job_option(job_id))
     if not letters:
         click.echo("no dead letters")
-    for entry_id, letter in letters:
-        click.echo(
-            f"{entry_id}  {letter.job_id:<24} {letter.payload_bytes:>7}B  {letter.reason[:100]}"
-        )
+    for ref, letter in letters:
+        click.echo(f"{ref}  {letter.payload_bytes:>7}B  {letter.reason[:100]}")
 
 
 @dead.command()
-@click.argument("entry_id")
-def show(entry_id: str) -> None:
-    """Show one dead letter in full (its payload as kept, secrets redacted)."""
-    letter = _fetch(_redis(), entry_id)
+@click.argument("ref")
+def show(ref: str) -> None:
+    """Show one dead letter (REF is job/entry id) in full: payload as kept, secrets redacted."""
+    letter = _fetch(_redis(), ref)
     for name, value in letter.fields().items():
         click.echo(f"{name}: {value}")
 
 
 @dead.command()
-@click.argument("entry_ids", nargs=-1)
+@click.argument("refs", nargs=-1)
 @click.option("--job", "job_id", help="Requeue every dead letter of this job.")
-def requeue(entry_ids: tuple[str, ...], job_id: str | None) -> None:
+def requeue(refs: tuple[str, ...], job_id: str | None) -> None:
     """Append dead letters' payloads to their job's stream again (after a fix), and drop them.
 
     A payload cut at the size cap or with a redacted secret cannot be requeued faithfully and
     is refused.
     """
     redis = _redis()
-    targets = _targets(redis, entry_ids, job_id)
-    for entry_id, letter in targets:
+    targets = _targets(redis, refs, _job_option(job_id))
+    for ref, letter in targets:
         problem = _unrequeueable(letter)
         if problem:
-            click.echo(f"{entry_id}: not requeued ({problem})", err=True)
+            click.echo(f"{ref}: not requeued ({problem})", err=True)
             continue
+        job, entry_id = parse_ref(ref)
         pipe = redis.pipeline(transaction=False)
-        pipe.xadd(keys.events(letter.job_id), {EVENT_FIELD: letter.payload})
-        pipe.sadd(keys.JOBS, letter.job_id)
-        pipe.xdel(keys.DEAD, entry_id)
+        pipe.xadd(keys.events(job), {EVENT_FIELD: letter.payload})
+        pipe.sadd(keys.JOBS, job)
+        pipe.xdel(keys.dead(job), entry_id)
         pipe.execute()
-        click.echo(f"{entry_id}: requeued to {letter.job_id}")
+        click.echo(f"{ref}: requeued to {job}")
 
 
 @dead.command()
-@click.argument("entry_ids", nargs=-1)
+@click.argument("refs", nargs=-1)
 @click.option("--job", "job_id", help="Purge every dead letter of this job.")
-@click.option("--all", "purge_all", is_flag=True, help="Purge every dead letter.")
-def purge(entry_ids: tuple[str, ...], job_id: str | None, purge_all: bool) -> None:
+@click.option("--all", "purge_all", is_flag=True, help="Purge every dead letter of every job.")
+def purge(refs: tuple[str, ...], job_id: str | None, purge_all: bool) -> None:
     """Delete dead letters for good."""
     redis = _redis()
     if purge_all:
-        count = redis.xlen(keys.DEAD)
-        redis.delete(keys.DEAD)
+        jobs = dead_letter_jobs(redis)
+        count = sum(int(redis.xlen(keys.dead(job))) for job in jobs)
+        for job in jobs:
+            redis.delete(keys.dead(job))
         click.echo(f"purged {count} dead letters")
         return
-    targets = _targets(redis, entry_ids, job_id)
-    if targets:
-        redis.xdel(keys.DEAD, *[entry_id for entry_id, _ in targets])
-    click.echo(f"purged {len(targets)} dead letters")
+    targets = _targets(redis, refs, _job_option(job_id))
+    deleted = delete_dead_letters(redis, [ref for ref, _ in targets])
+    click.echo(f"purged {deleted} dead letters")
 
 
-def _targets(
-    redis: Any, entry_ids: tuple[str, ...], job_id: str | None
-) -> list[tuple[str, DeadLetter]]:
-    if bool(entry_ids) == bool(job_id):
-        raise click.UsageError("give dead letter ids or --job JOB (one of them)")
+def _targets(redis: Any, refs: tuple[str, ...], job_id: str | None) -> list[tuple[str, DeadLetter]]:
+    if bool(refs) == bool(job_id):
+        raise click.UsageError("give dead letter references (job/entry id) or --job JOB")
     if job_id:
         return list_dead_letters(redis, count=100_000, job_id=job_id)
-    return [(entry_id, _fetch(redis, entry_id)) for entry_id in entry_ids]
+    return [(ref, _fetch(redis, ref)) for ref in refs]
 
 
-def _fetch(redis: Any, entry_id: str) -> DeadLetter:
-    found = redis.xrange(keys.DEAD, entry_id, entry_id)
-    if not found:
-        raise click.UsageError(f"no dead letter {entry_id}")
-    return DeadLetter.from_fields(found[0][1])
+def _fetch(redis: Any, ref: str) -> DeadLetter:
+    letter = fetch_dead_letter(redis, ref)
+    if letter is None:
+        raise click.UsageError(f"no dead letter {ref}")
+    return letter
 
 
 def _unrequeueable(letter: DeadLetter) -> str | None:

@@ -91,7 +91,11 @@ def _drain_batch(
         state.dead_letters += len(dead)
         if changed or dead:
             state.version += 1
-        txn.commit(dead, clear_fields=[_poison_field(e) for e in given_up])
+        txn.commit(
+            dead,
+            clear_fields=[_poison_field(e) for e in given_up],
+            dead_max_per_job=settings.dead_letters_per_job,
+        )
     result.events += len(entries)
     result.dead += len(dead)
     result.commits += 1

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from producer.wire import decision_key, stream_key
+from producer.wire import decision_key, is_valid_job_id, stream_key
 
 JOBS = "ckpt:jobs"
-DEAD = "ckpt:dead"
+DEAD_PATTERN = "ckpt:{*}:dead"  # SCAN pattern of every job's dead letters
 SCORING_QUEUE = "scoring"
 SINK_QUEUE = "sink"
 DRAIN_JOBS_TASK = "scorer_worker.tasks.drain_jobs"
@@ -25,6 +25,23 @@ def state(job_id: str) -> str:
 def decision(job_id: str) -> str:
     """The job's decision: scores by step and the pick (a hash its pod may read)."""
     return decision_key(job_id)
+
+
+def dead(job_id: str) -> str:
+    """The job's dead letters (a capped stream, committed with the state in one slot).
+
+    Per job, so that no job can evict another's: a pod that floods junk fills only its own.
+    """
+    return f"ckpt:{{{job_id}}}:dead"
+
+
+def job_of_dead_key(key: str | bytes) -> str | None:
+    """Return the job id of a :func:`dead` key, or None for any other key."""
+    text = key.decode() if isinstance(key, bytes) else key
+    if text.startswith("ckpt:{") and text.endswith("}:dead"):
+        job_id = text[len("ckpt:{") : -len("}:dead")]
+        return job_id if is_valid_job_id(job_id) else None
+    return None
 
 
 def changes(job_id: str) -> str:

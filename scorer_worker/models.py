@@ -22,6 +22,7 @@ from producer.wire import (
     EVENT_FIELD,
     JOB_ID_PATTERN,
     MAX_EVENT_BYTES,
+    MAX_STEP,
     WIRE_VERSION,
 )
 
@@ -43,7 +44,7 @@ _NUMBER_TAGS = ("float", "function-after[")  # how pydantic names WireNumber's u
 # Bounds every row can hold: steps and counts go to PostgreSQL integer columns, epochs to one
 # (best_checkpoint_epoch), timestamps must be datetimes (year 9999 at most). A value beyond
 # them would make the job's row unwritable for good, so the event is refused instead.
-MAX_ROW_INT = 2**31 - 1
+MAX_ROW_INT = MAX_STEP
 MAX_TS = 253_402_300_799.0  # 9999-12-31T23:59:59Z
 Count = Annotated[int, Field(strict=True, ge=0, le=MAX_ROW_INT)]
 Epoch = Annotated[FiniteNumber, Field(ge=0, le=MAX_ROW_INT)]

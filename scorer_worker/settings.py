@@ -40,6 +40,7 @@ class Settings:
     flush_min_interval_s: float = 1.0
     task_timeout_s: int = 120
     dead_payload_max_bytes: int = 4096
+    dead_letters_per_job: int = 1000  # each job's dead letters are capped at this many
     poison_max_attempts: int = 3
     sink_retry_attempts: int = 5
     sink_retry_max_s: float = 10.0

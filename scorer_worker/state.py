@@ -146,7 +146,7 @@ class JobState:
     @property
     def latest_begin(self) -> Begin | None:
         """The begin of the latest attempt."""
-        return max(self.begins, key=lambda b: b.ts, default=None)
+        return max(self.begins, key=_rank, default=None)
 
     @property
     def latest_save(self) -> SaveRecord | None:
@@ -177,11 +177,11 @@ class JobState:
             info.save_total_limit,
             info.output_dir,
         )
-        same_time = [b for b in self.begins if b.ts == begin.ts]
-        if same_time and _rank(same_time[0]) >= _rank(begin):
-            return False
-        self.begins = [b for b in self.begins if b.ts != begin.ts] + [begin]
-        self.begins.sort(key=lambda b: b.ts)
+        if any(_rank(b) == _rank(begin) for b in self.begins):
+            return False  # a duplicate
+        # Two different begins at one time are both kept: each drops what it supersedes, so
+        # the records kept never depend on which of the two arrived first.
+        self.begins = sorted([*self.begins, begin], key=_rank)
         self._drop_superseded(begin)
         return True
 

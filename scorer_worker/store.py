@@ -21,7 +21,7 @@ from typing import Any
 from redis.exceptions import WatchError
 
 from . import keys
-from .deadletter import DeadLetter, add_dead_letters
+from .deadletter import DEAD_PER_JOB_DEFAULT, DeadLetter, add_dead_letters
 from .decision import decision_basis, decision_write
 from .errors import StateConflict
 from .models import WireEvent
@@ -67,10 +67,34 @@ def load_for_row(redis: Any, job_id: str, written_version: int) -> JobState:
     return state
 
 
-def next_stream_id(entry_id: str) -> str:
-    """Return the smallest stream id greater than ``entry_id`` (for XTRIM MINID)."""
+MAX_ID_PART = 2**64 - 1  # both halves of a stream id are unsigned 64-bit integers
+
+
+def next_stream_id(entry_id: str) -> str | None:
+    """Return the smallest stream id greater than ``entry_id``; None when there is none.
+
+    A producer may XADD with an explicit id, up to ``18446744073709551615-18446744073709551615``;
+    no id follows that one, so the drain must neither read nor trim past it.
+    """
     millis, seq = stream_id_key(entry_id)
-    return f"{millis}-{seq + 1}"
+    if seq < MAX_ID_PART:
+        return f"{millis}-{seq + 1}"
+    if millis < MAX_ID_PART:
+        return f"{millis + 1}-0"
+    return None
+
+
+def trim_drained(pipe: Any, job_id: str, cursor: str) -> None:
+    """Queue on ``pipe`` the removal of every stream entry up to and including ``cursor``."""
+    # Exact trims (redis-py's default is approximate, which keeps whole nodes of drained
+    # entries): the pipelined drain reads the stream from its start and expects no entry
+    # at or before the cursor, like the commit script leaves it.
+    following = next_stream_id(cursor)
+    if following is None:  # the largest id: keep nothing at or below it
+        pipe.xtrim(keys.events(job_id), minid=cursor, approximate=False)
+        pipe.xdel(keys.events(job_id), cursor)
+    else:
+        pipe.xtrim(keys.events(job_id), minid=following, approximate=False)
 
 
 def stream_id_key(entry_id: str | bytes) -> tuple[int, int]:
@@ -133,7 +157,10 @@ class StateTransaction:
 
     def read_events(self, count: int) -> list[tuple[str, dict]]:
         """Return up to ``count`` stream entries after the state's cursor."""
-        entries = self._pipe.xrange(keys.events(self.job_id), f"({self.state.cursor}", "+", count)
+        following = next_stream_id(self.state.cursor)
+        if following is None:
+            return []  # the cursor is the largest possible id: nothing can follow it
+        entries = self._pipe.xrange(keys.events(self.job_id), following, "+", count)
         return [(_text(entry_id), fields) for entry_id, fields in entries]
 
     @property
@@ -177,7 +204,12 @@ class StateTransaction:
         self._loaded = self.state.record_fields()
         self._full = True
 
-    def commit(self, dead_letters: list[DeadLetter], clear_fields: Iterable[str] = ()) -> None:
+    def commit(
+        self,
+        dead_letters: list[DeadLetter],
+        clear_fields: Iterable[str] = (),
+        dead_max_per_job: int = DEAD_PER_JOB_DEFAULT,
+    ) -> None:
         """Write state (with cursor and version), decision, dead letters, stream trim atomically.
 
         Raises:
@@ -202,11 +234,11 @@ class StateTransaction:
             if decision.replace:
                 pipe.delete(keys.decision(self.job_id))
             pipe.hset(keys.decision(self.job_id), mapping=decision.fields)
-        add_dead_letters(pipe, dead_letters)
+        add_dead_letters(pipe, dead_letters, dead_max_per_job)
         for name in clear_fields:  # e.g. the retry counters of a poison event now dead
             pipe.hdel(keys.meta(self.job_id), name, f"{name}:n")
         # Drained entries are kept in the state; trimming them bounds Redis memory per job.
-        pipe.xtrim(keys.events(self.job_id), minid=next_stream_id(state.cursor))
+        trim_drained(pipe, self.job_id, state.cursor)
         try:
             pipe.execute()
         except WatchError:

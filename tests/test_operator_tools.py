@@ -94,20 +94,20 @@ def test_dead_list_show_requeue_purge(redis_client, pipeline_env):
     letter = make_dead_letter(
         JOB, "1-1", "scoring raised X", encode_event(evaluation(40, 0.5)), 4096
     )
-    poison_id = redis_client.xadd(keys.DEAD, letter.fields()).decode()
+    poison_id = f"{JOB}/" + redis_client.xadd(keys.dead(JOB), letter.fields()).decode()
     requeued = cli("dead", "requeue", poison_id)
     assert requeued.returncode == 0 and f"{poison_id}: requeued" in requeued.stdout
     run_all_in_one(redis_client, pipeline_env, burst=True)
     assert 40 in load_state(redis_client, JOB).evals
     redacted = make_dead_letter(JOB, "1-2", "bad", '{"job_token": "tok"}', 4096, ("tok",))
-    redacted_id = redis_client.xadd(keys.DEAD, redacted.fields()).decode()
+    redacted_id = f"{JOB}/" + redis_client.xadd(keys.dead(JOB), redacted.fields()).decode()
     refused = cli("dead", "requeue", redacted_id)  # it would not be the event that was sent
     assert "not requeued (payload had a secret redacted)" in refused.stderr
 
     purged = cli("dead", "purge", "--job", JOB)
     assert purged.returncode == 0 and "purged" in purged.stdout
-    assert redis_client.xlen(keys.DEAD) == 0
-    assert cli("dead", "show", "0-1").returncode == 2
+    assert redis_client.xlen(keys.dead(JOB)) == 0
+    assert cli("dead", "show", f"{JOB}/0-1").returncode == 2
 
 
 def test_spool_flush_delivers_a_crashed_runs_events(

@@ -31,6 +31,7 @@ import redis
 
 from producer.events import build_event, encode_event
 from scorer_worker import keys
+from scorer_worker.deadletter import dead_letter_jobs
 from scorer_worker.registry import register_job
 from sink.rows import JOB_COLUMN_NAMES, METRIC_COLUMN_NAMES
 
@@ -500,7 +501,7 @@ def compare_runs(
 
 
 def dead_letter_count(client: redis.Redis) -> int:
-    return int(client.xlen(keys.DEAD))
+    return sum(int(client.xlen(keys.dead(job))) for job in dead_letter_jobs(client))
 
 
 # --- PostgreSQL fault helpers -------------------------------------------------------------

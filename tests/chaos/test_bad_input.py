@@ -18,7 +18,7 @@ from rq.registry import FailedJobRegistry
 
 from producer.events import encode_event
 from scorer_worker import keys
-from scorer_worker.deadletter import DeadLetter
+from scorer_worker.deadletter import list_dead_letters
 from scorer_worker.store import load_state
 
 from .harness import (
@@ -184,7 +184,7 @@ def test_bad_input_is_contained_and_valid_events_count_as_in_a_clean_run(
     converge_s = wait_converged(client, ids, timeout_s=60)
     exited = pipeline.check_alive()
     failed = sum(len(FailedJobRegistry(q, connection=client)) for q in ("scoring", "sink"))
-    letters = [DeadLetter.from_fields(f) for _, f in client.xrange(keys.DEAD)]
+    letters = [letter for _, letter in list_dead_letters(client, count=10**6)]
     by_entry = {letter.entry_id: letter for letter in letters}
     missing = [e for e in invalid_by_entry if e not in by_entry]
     valid_dead = [letter for letter in letters if letter.entry_id not in invalid_by_entry]

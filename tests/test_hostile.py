@@ -1,0 +1,116 @@
+"""Issue #13's findings, each written as the attack or the bad input itself, against a private
+redis-server: a hostile pod or a careless user gets a clear answer and hurts no other job."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from producer.events import build_event, encode_event
+from producer.wire import checkpoint_step, is_valid_job_id
+from scorer_worker import keys
+from scorer_worker.registry import register_job
+from scorer_worker.store import load_state
+
+MAX_ID = "18446744073709551615-18446744073709551615"
+
+
+def evaluation(job: str, step: int, loss: float) -> str:
+    return encode_event(build_event("eval", job, step, step / 10, {"eval_loss": loss}, ts=step))
+
+
+def cli(*args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess:
+    """Run ``ckpt-pipeline ARGS`` as a user would (raises TimeoutExpired if it hangs)."""
+    command = [sys.executable, "-m", "scorer_worker.cli", *args]
+    return subprocess.run(
+        command, capture_output=True, text=True, env=dict(os.environ), timeout=timeout_s
+    )
+
+
+def burst_ends(timeout_s: float = 60.0) -> bool:
+    """Run ``work --burst``; return True when it ended by itself with status 0."""
+    return cli("work", "--burst", timeout_s=timeout_s).returncode == 0
+
+
+def test_the_largest_stream_id_neither_stalls_the_job_nor_the_burst(redis_client, pipeline_env):
+    register_job(redis_client, "j-max", "tok")
+    register_job(redis_client, "j-other", "tok")
+    redis_client.xadd(keys.events("j-max"), {"event": evaluation("j-max", 10, 1.0)})
+    redis_client.xadd(keys.events("j-max"), {"event": evaluation("j-max", 20, 0.9)}, id=MAX_ID)
+    redis_client.xadd(keys.events("j-other"), {"event": evaluation("j-other", 10, 1.0)})
+    assert burst_ends()
+    state = load_state(redis_client, "j-max")
+    assert sorted(state.evals) == [10, 20] and state.cursor == MAX_ID
+    assert redis_client.xlen(keys.events("j-max")) == 0
+    assert sorted(load_state(redis_client, "j-other").evals) == [10]
+    assert not redis_client.exists("rq:failed:scoring")
+    assert burst_ends()  # and again, with the cursor at the end
+
+
+def test_a_job_id_with_a_trailing_newline_is_not_valid():
+    assert is_valid_job_id("job") and not is_valid_job_id("job\n")
+    for bad in ("", "jöb", "*", "a{b", "a b", "x" * 65):
+        assert not is_valid_job_id(bad)
+
+
+def test_checkpoint_folder_names_with_other_digits_are_not_checkpoints():
+    assert checkpoint_step("checkpoint-12") == 12
+    for name in ("checkpoint-²", "checkpoint-١٢", "checkpoint-99999999999999999999999"):
+        assert checkpoint_step(name) is None
+
+
+def test_two_resumes_at_one_time_keep_the_same_records_in_either_order():
+    from .helpers import begin, evaluation, fold
+
+    early_eval = evaluation(20, 0.9, ts=5.0)  # an earlier attempt's eval at step 20
+    first, second = begin(ts=10.0, resumed_from_step=10), begin(ts=10.0, resumed_from_step=30)
+    prints = {
+        fold(order).fingerprint()
+        for order in (
+            [early_eval, first, second],
+            [early_eval, second, first],
+            [first, second, early_eval],
+            [second, early_eval, first],
+        )
+    }
+    assert len(prints) == 1
+    assert fold([early_eval, second, first]).evals == {}  # the resume from 10 drops it
+
+
+def test_a_flood_of_junk_cannot_evict_another_jobs_dead_letters(redis_client, pipeline_env):
+    register_job(redis_client, "victim", "tok")
+    register_job(redis_client, "flooder", "tok")
+    redis_client.xadd(keys.events("victim"), {"event": '{"v": 1, "kind": "eval"'})
+    pipe = redis_client.pipeline(transaction=False)
+    for i in range(3000):
+        pipe.xadd(keys.events("flooder"), {"event": f"junk {i}"})
+    pipe.execute()
+    assert burst_ends()
+    listed = cli("dead", "list", "--job", "victim")
+    assert listed.returncode == 0 and len(listed.stdout.splitlines()) == 1
+    assert listed.stdout.startswith("victim/")
+    assert redis_client.xlen(keys.dead("flooder")) == pipeline_env.dead_letters_per_job
+    assert load_state(redis_client, "victim").dead_letters == 1
+    shown = cli("dead", "show", listed.stdout.split()[0])
+    assert shown.returncode == 0 and "job_id: victim" in shown.stdout
+
+
+def test_dead_letter_commands_refuse_malformed_input_in_one_line(redis_client, pipeline_env):
+    for args in (
+        ("dead", "show", "abc"),
+        ("dead", "requeue", "abc"),
+        ("dead", "purge", "abc"),
+        ("dead", "list", "--count", "0"),
+        ("dead", "list", "--count", "-1"),
+        ("dead", "list", "--job", "a b"),
+    ):
+        done = cli(*args)
+        assert done.returncode == 2, args
+        assert "Traceback" not in done.stderr and done.stderr.strip(), args
+
+
+def test_every_subcommands_help_exits_0():
+    for args in (("--help",), ("status", "--help"), ("dead", "list", "--help"), ("work", "--help")):
+        done = cli(*args)
+        assert done.returncode == 0 and "Usage:" in done.stdout and "error" not in done.stderr
