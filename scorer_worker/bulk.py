@@ -30,16 +30,16 @@ from .store import changed_steps, meta_fields, next_stream_id, stream_id_key
 from .summary import retained_steps
 
 # ARGV: job ids. For each job: {head ('' when its stream is empty), cursor, version,
-# written_version, status, eval_version, last_flush_at, poisoned (0/1)}. Key names are those
-# of keys.py, built here so one call covers hundreds of jobs (single-node Redis, like the
-# pump's scan). The events are read beside it with plain XRANGE, which is cheaper than
-# passing them through Lua.
+# written_version, status, eval_version, last_flush_at, refused_version, poisoned (0/1)}. Key
+# names are those of keys.py, built here so one call covers hundreds of jobs (single-node
+# Redis, like the pump's scan). The events are read beside it with plain XRANGE, which is
+# cheaper than passing them through Lua.
 READ_SCRIPT = """
 local out = {}
 for i = 1, #ARGV do
   local prefix = 'ckpt:{' .. ARGV[i] .. '}:'
   local m = redis.call('HMGET', prefix .. 'meta', 'cursor', 'version', 'written_version',
-                       'status', 'eval_version', 'last_flush_at')
+                       'status', 'eval_version', 'last_flush_at', 'refused_version')
   local poisoned = 0
   for _, name in ipairs(redis.call('HKEYS', prefix .. 'meta')) do
     if string.sub(name, 1, 7) == 'poison:' then poisoned = 1 break end
@@ -49,7 +49,7 @@ for i = 1, #ARGV do
     head = redis.call('HGET', prefix .. 'state', 'head') or ''
   end
   out[#out + 1] = {head, m[1] or '', m[2] or '', m[3] or '', m[4] or '', m[5] or '',
-                   m[6] or '', poisoned}
+                   m[6] or '', m[7] or '', poisoned}
 end
 return out
 """

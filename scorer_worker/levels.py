@@ -16,7 +16,9 @@ from typing import Any
 from . import keys
 
 FINISHED = ("completed", "failed", "cancelled")
-META_FIELDS = ("version", "written_version", "status", "eval_version", "last_flush_at")
+META_FIELDS = (
+    "version", "written_version", "status", "eval_version", "last_flush_at", "refused_version",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class Levels:
     status: str | None = None
     eval_version: int = 0
     last_flush_at: float | None = None
+    refused: int = 0  # the highest version the sink refused for good (a permanent error)
 
     @property
     def eval_changed(self) -> bool:
@@ -41,8 +44,12 @@ class Levels:
         return self.status in FINISHED
 
     def flush_due(self, now: float, min_interval_s: float) -> bool:
-        """Return True when the row should be written now (see the module docstring)."""
-        if self.version <= self.written:
+        """Return True when the row should be written now (see the module docstring).
+
+        A version the sink refused for good (wrong token, missing row) is not retried; the
+        next version, or a new registration, is.
+        """
+        if self.version <= max(self.written, self.refused):
             return False
         if self.finished or self.last_flush_at is None or self.eval_changed:
             return True
@@ -61,8 +68,8 @@ def read_levels(redis: Any, job_ids: list[str]) -> list[Levels]:
 
 # ARGV: job ids. For each job with work (undrained events, an unwritten version, or an end),
 # returns [id, stream length, version, written_version, status, eval_version, last_flush_at,
-# scoring task queued (0/1), sink task queued (0/1)]. The key names are those of keys.py;
-# they are built here so one call covers hundreds of jobs (single-node Redis, like ckpt:dead).
+# refused_version, scoring task queued (0/1), sink task queued (0/1)]. The key names are those
+# of keys.py; they are built here so one call covers hundreds of jobs (single-node Redis).
 SCAN_SCRIPT = """
 local out = {}
 local finished = {completed = true, failed = true, cancelled = true}
@@ -70,11 +77,12 @@ for i = 1, #ARGV do
   local prefix = 'ckpt:{' .. ARGV[i] .. '}:'
   local undrained = redis.call('XLEN', prefix .. 'events')
   local m = redis.call('HMGET', prefix .. 'meta', 'version', 'written_version', 'status',
-                       'eval_version', 'last_flush_at')
-  local version, written = tonumber(m[1]) or 0, tonumber(m[2]) or 0
+                       'eval_version', 'last_flush_at', 'refused_version')
+  local version = tonumber(m[1]) or 0
+  local written = math.max(tonumber(m[2]) or 0, tonumber(m[6]) or 0)
   if undrained > 0 or version > written or (m[3] and finished[m[3]]) then
     out[#out + 1] = {ARGV[i], undrained, m[1] or '', m[2] or '', m[3] or '', m[4] or '',
-                     m[5] or '', redis.call('EXISTS', prefix .. 'queued:scoring'),
+                     m[5] or '', m[6] or '', redis.call('EXISTS', prefix .. 'queued:scoring'),
                      redis.call('EXISTS', prefix .. 'queued:sink')}
   end
 end
@@ -117,7 +125,7 @@ def levels_from_meta(meta: dict[str, Any]) -> Levels:
 
 
 def _levels(length: int, meta: list[Any]) -> Levels:
-    version, written, status, eval_version, last_flush_at = (_text(v) for v in meta)
+    version, written, status, eval_version, last_flush_at, refused = (_text(v) for v in meta)
     return Levels(
         int(length),
         int(version or 0),
@@ -125,6 +133,7 @@ def _levels(length: int, meta: list[Any]) -> Levels:
         status,
         int(eval_version or 0),
         float(last_flush_at) if last_flush_at else None,
+        int(refused or 0),
     )
 
 

@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,15 +54,27 @@ class Pump:
         settings: pump interval, discovery interval, marker TTLs.
         shard_index: which shard of the jobs this pump owns (0-based).
         shard_count: how many pumps share the jobs, by CRC32 of the job id.
+        after_pass: called after each pass with :meth:`owns`, for work the application
+            composes into the pump (the command line passes the RunPod pod lifecycle; the
+            scorer itself knows nothing of it).
     """
 
-    def __init__(self, redis: Any, settings: Settings, shard_index: int = 0, shard_count: int = 1):
+    def __init__(
+        self,
+        redis: Any,
+        settings: Settings,
+        shard_index: int = 0,
+        shard_count: int = 1,
+        *,
+        after_pass: Callable[[Callable[[str], bool]], object] | None = None,
+    ):
         if not 0 <= shard_index < shard_count:
             raise ValueError(f"shard {shard_index} is not in 0..{shard_count - 1}")
         self.redis = redis
         self.settings = settings
         self.shard_index = shard_index
         self.shard_count = shard_count
+        self.after_pass = after_pass
         self._last_discovery = 0.0
 
     def owns(self, job_id: str) -> bool:
@@ -81,7 +94,7 @@ class Pump:
                 result.behind_scoring += 1
                 if not work.drain_queued:
                     drains.append(job_id)
-            if levels.version > levels.written:
+            if levels.version > max(levels.written, levels.refused):  # refused: not retried
                 result.behind_sink += 1
                 due = levels.flush_due(now, self.settings.flush_min_interval_s)
                 if due and not work.flush_queued:  # evaluations first: users wait for them
@@ -96,6 +109,8 @@ class Pump:
         result.flushes_enqueued = enqueue_many(
             self.redis, keys.SINK_QUEUE, keys.FLUSH_JOBS_TASK, eval_flushes + flushes, settings
         )
+        if self.after_pass is not None:
+            self.after_pass(self.owns)
         return result
 
     def run(self, stop: threading.Event | None = None) -> None:

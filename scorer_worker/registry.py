@@ -25,7 +25,9 @@ def register_job(redis: Any, job_id: str, job_token: str) -> None:
         raise ValueError("the job token must not be empty")
     pipe = redis.pipeline(transaction=True)
     pipe.hset(keys.meta(job_id), mapping={"token": job_token, "registered_at": repr(time.time())})
-    pipe.hdel(keys.meta(job_id), "written_version", "sink_error", "sink_error_kind")
+    pipe.hdel(
+        keys.meta(job_id), "written_version", "refused_version", "sink_error", "sink_error_kind"
+    )
     pipe.sadd(keys.JOBS, job_id)
     pipe.execute()
 

@@ -20,19 +20,20 @@ from .writers import retrying_write, writer_from_settings
 
 log = logging.getLogger(__name__)
 
-# Raise written_version to ARGV[1], never lower it (flushes may race). KEYS[1]: meta.
+# Raise the meta field ARGV[2] (a version) to ARGV[1], never lower it (flushes may race).
+# KEYS[1]: meta.
 _RAISE_WRITTEN = """
-if (tonumber(redis.call('HGET', KEYS[1], 'written_version')) or 0) < tonumber(ARGV[1]) then
-  redis.call('HSET', KEYS[1], 'written_version', ARGV[1])
+if (tonumber(redis.call('HGET', KEYS[1], ARGV[2])) or 0) < tonumber(ARGV[1]) then
+  redis.call('HSET', KEYS[1], ARGV[2], ARGV[1])
 end
 """
 # After a write, in one step: raise written_version, clear the error, note the time, forget
-# the changes written. KEYS: meta, changes. ARGV: version, now.
+# the changes written. KEYS: meta, changes. ARGV: version, 'written_version', now.
 _WRITTEN_SCRIPT = (
     _RAISE_WRITTEN
     + """
 redis.call('HDEL', KEYS[1], 'sink_error', 'sink_error_kind')
-redis.call('HSET', KEYS[1], 'last_flush_at', ARGV[2])
+redis.call('HSET', KEYS[1], 'last_flush_at', ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
 return 1
 """
@@ -46,7 +47,8 @@ return 0
 
 @dataclass
 class FlushResult:
-    """What one flush did: ``written``, ``stale``, ``up-to-date``, ``busy`` or ``error``."""
+    """What one flush did: ``written``, ``stale``, ``up-to-date``, ``deferred``, ``busy``,
+    ``refused`` (this version hit a permanent error before) or ``error``."""
 
     job_id: str
     outcome: str
@@ -103,6 +105,8 @@ def _flush_locked(
         return FlushResult(job_id, "up-to-date")
     if levels.version <= levels.written:
         return FlushResult(job_id, "up-to-date", levels.version)
+    if levels.version <= levels.refused:
+        return FlushResult(job_id, "refused", levels.version)  # a permanent error, recorded
     if not levels.flush_due(time.time(), settings.flush_min_interval_s):
         # Coalescing: the pump enqueues the write again as soon as it is due.
         return FlushResult(job_id, "deferred", levels.version)
@@ -149,7 +153,8 @@ def _write(
         _record_transient(redis, job_id, exc)
         return FlushResult(job_id, "error", state.version)
     written_keys = [keys.meta(job_id), keys.changes(job_id)]  # last_flush_at: levels.flush_due
-    redis.register_script(_WRITTEN_SCRIPT)(keys=written_keys, args=[state.version, time.time()])
+    args = [state.version, "written_version", time.time()]
+    redis.register_script(_WRITTEN_SCRIPT)(keys=written_keys, args=args)
     return FlushResult(job_id, str(outcome.value), state.version, len(metrics))
 
 
@@ -163,7 +168,11 @@ def _record_transient(redis: Any, job_id: str, exc: Exception) -> None:
 def _record(redis: Any, job_id: str, version: int, kind: str, message: str) -> None:
     log.error("row of job %s not written (%s): %s", job_id, kind, message)
     redis.hset(keys.meta(job_id), mapping={"sink_error": message, "sink_error_kind": kind})
-    redis.register_script(_RAISE_WRITTEN)(keys=[keys.meta(job_id)], args=[version])
+    # Not counted as written: the row still lags, and status says so; the version is only
+    # marked refused, so the pump does not retry it (the next version, or re-registering, is).
+    redis.register_script(_RAISE_WRITTEN)(
+        keys=[keys.meta(job_id)], args=[version, "refused_version"]
+    )
 
 
 def _release(redis: Any, lock_key: str, lock_value: str) -> None:

@@ -164,8 +164,10 @@ def test_flush_records_a_permanent_error_and_does_not_retry(fake, settings):
     assert result.outcome == "error"
     meta = fake.hgetall(keys.meta(JOB))
     assert meta[b"sink_error_kind"] == b"permanent" and b"no row" in meta[b"sink_error"]
-    assert flush_job(fake, JOB, settings).outcome == "up-to-date"  # not retried forever
+    assert flush_job(fake, JOB, settings).outcome == "refused"  # not retried forever
     assert Pump(fake, settings).run_once().flushes_enqueued == 0
+    # The version it could not write is not counted as written: the row still lags.
+    assert b"written_version" not in meta and meta[b"refused_version"] == b"1"
 
 
 def test_flush_of_an_unregistered_job_says_so(fake, settings):
