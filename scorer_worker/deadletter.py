@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from producer.redaction import redact
 from producer.wire import is_valid_job_id
 
 from . import keys
@@ -51,6 +52,7 @@ class DeadLetter:
     payload: str
     payload_bytes: int
     ts: float
+    redacted: bool = False  # a secret was masked: the payload is no longer the event sent
 
     def fields(self) -> dict[str, str]:
         """Return the stream fields stored in ``ckpt:dead``."""
@@ -61,6 +63,7 @@ class DeadLetter:
             "payload": self.payload,
             "payload_bytes": str(self.payload_bytes),
             "ts": repr(self.ts),
+            "redacted": "1" if self.redacted else "0",
         }
 
     @classmethod
@@ -74,10 +77,12 @@ class DeadLetter:
             text.get("payload", ""),
             int(text.get("payload_bytes", "0") or 0),
             float(text.get("ts", "0") or 0),
+            text.get("redacted") == "1" or REDACTED.decode() in text.get("payload", ""),
         )
 
 
-REDACTED = b"[REDACTED]"
+REDACTED = b"[REDACTED]"  # the marker of letters written before redaction.redact existed
+SECRET_MARGIN_BYTES = 512
 
 
 def make_dead_letter(
@@ -95,11 +100,15 @@ def make_dead_letter(
     """
     data = raw if isinstance(raw, bytes) else str(raw if raw is not None else "").encode()
     size = len(data)
-    for secret in filter(None, secrets):
-        data = data.replace(secret.encode(), REDACTED)
-        reason = reason.replace(secret, REDACTED.decode())
-    payload = data[:max_bytes].decode("utf-8", errors="backslashreplace")
-    return DeadLetter(job_id, entry_id, reason[:1000], payload, size, time.time())
+    # Redacted before the cut, with a margin, so that no secret is left half-visible at it.
+    text = data[: max_bytes + SECRET_MARGIN_BYTES].decode("utf-8", errors="backslashreplace")
+    payload = redact(text, secrets)
+    redacted = payload != text or redact(reason, secrets) != reason
+    payload = payload.encode("utf-8", errors="backslashreplace")[:max_bytes]
+    return DeadLetter(
+        job_id, entry_id, redact(reason, secrets)[:1000],
+        payload.decode("utf-8", errors="ignore"), size, time.time(), redacted,
+    )  # fmt: skip
 
 
 def add_dead_letters(

@@ -9,11 +9,11 @@ from typing import Any
 
 import click
 
+from producer.redaction import terminal_safe
 from producer.wire import EVENT_FIELD, is_valid_job_id
 
 from . import keys
 from .deadletter import (
-    REDACTED,
     DeadLetter,
     dead_letter_jobs,
     delete_dead_letters,
@@ -56,7 +56,8 @@ def list_(job_id: str | None, count: int) -> None:
     if not letters:
         click.echo("no dead letters")
     for ref, letter in letters:
-        click.echo(f"{ref}  {letter.payload_bytes:>7}B  {letter.reason[:100]}")
+        reason = terminal_safe(letter.reason[:100], keep_newlines=False)
+        click.echo(f"{ref}  {letter.payload_bytes:>7}B  {reason}")
 
 
 @dead.command()
@@ -65,7 +66,7 @@ def show(ref: str) -> None:
     """Show one dead letter (REF is job/entry id) in full: payload as kept, secrets redacted."""
     letter = _fetch(_redis(), ref)
     for name, value in letter.fields().items():
-        click.echo(f"{name}: {value}")
+        click.echo(f"{name}: {terminal_safe(value, keep_newlines=False)}")
 
 
 @dead.command()
@@ -130,8 +131,8 @@ def _fetch(redis: Any, ref: str) -> DeadLetter:
 def _unrequeueable(letter: DeadLetter) -> str | None:
     if not is_valid_job_id(letter.job_id):
         return "no valid job id"
+    if letter.redacted:
+        return "payload had a secret redacted"
     if letter.payload_bytes > len(letter.payload.encode("utf-8", errors="replace")):
         return "payload was cut at the size cap"
-    if REDACTED.decode() in letter.payload:
-        return "payload had a secret redacted"
     return None

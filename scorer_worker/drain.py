@@ -13,6 +13,7 @@ from . import keys
 from .deadletter import DeadLetter, make_dead_letter
 from .errors import InvalidEvent, PoisonEvent, StateConflict
 from .models import WireEvent, decode_entry
+from .registry import job_secrets
 from .scoring import get_profile
 from .settings import Settings
 from .store import StateTransaction
@@ -42,7 +43,7 @@ def drain_job(
     enqueues another drain), so one busy job cannot hold a worker forever.
     """
     result = DrainResult(job_id)
-    secrets = _secrets(redis, job_id)
+    secrets = job_secrets(redis, job_id)
     deadline = deadline or time.monotonic() + settings.drain_budget_s
     conflicts = 0
     while True:
@@ -108,11 +109,6 @@ def _decode(job_id: str, fields: dict) -> WireEvent | InvalidEvent:
         return decode_entry(fields, job_id)
     except InvalidEvent as exc:
         return exc
-
-
-def _secrets(redis: Any, job_id: str) -> tuple[str, ...]:
-    values = redis.hmget(keys.meta(job_id), "token", "pod_password")
-    return tuple(v.decode() if isinstance(v, bytes) else v for v in values if v)
 
 
 class _Fold:

@@ -38,9 +38,23 @@ def unregister_job(redis: Any, job_id: str) -> None:
     drop_pod_user(redis, job_id)
 
 
-def record_pod_user(redis: Any, job_id: str, username: str) -> None:
-    """Remember the job's pod ACL user, so it is deleted when the job ends."""
-    redis.hset(keys.meta(job_id), "pod_user", username)
+def record_pod_user(redis: Any, job_id: str, username: str, password: str | None = None) -> None:
+    """Remember the job's pod ACL user, so it is deleted when the job ends.
+
+    The password is kept (in the trusted meta hash, beside the job token) so that every
+    operator-facing output can redact it.
+    """
+    mapping = {"pod_user": username, **({"pod_password": password} if password else {})}
+    redis.hset(keys.meta(job_id), mapping=mapping)
+
+
+SECRET_META_FIELDS = ("token", "pod_password")
+
+
+def job_secrets(redis: Any, job_id: str) -> tuple[str, ...]:
+    """Return the job's secrets (token, pod password) that outputs must redact."""
+    values = redis.hmget(keys.meta(job_id), *SECRET_META_FIELDS)
+    return tuple(v.decode() if isinstance(v, bytes) else v for v in values if v)
 
 
 def drop_pod_user(redis: Any, job_id: str) -> bool:
@@ -49,5 +63,5 @@ def drop_pod_user(redis: Any, job_id: str) -> bool:
     if not username:
         return False
     redis.acl_deluser(username.decode() if isinstance(username, bytes) else username)
-    redis.hdel(keys.meta(job_id), "pod_user")
+    redis.hdel(keys.meta(job_id), "pod_user")  # the password stays: old outputs may quote it
     return True

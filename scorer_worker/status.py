@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
+from producer.redaction import redact_value
 from producer.wire import DECISION_SCORE_PREFIX
 
 from . import keys
 from .deadletter import list_dead_letters
+from .registry import job_secrets
 from .settings import Settings
 from .store import load_state
 
@@ -64,7 +67,17 @@ def picks(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def job_status(settings: Settings, redis: Any, job_id: str) -> dict[str, Any]:
-    """Return ``{"pipeline": ..., "row": ...}`` for ``job_id``; the row is None if absent."""
+    """Return ``{"pipeline": ..., "row": ...}`` for ``job_id``; the row is None if absent.
+
+    Everything in it is redacted: the job's token and pod password, the RunPod API key of
+    this process, and any URL password (an error message may quote a connection string).
+    """
+    report = _job_status(settings, redis, job_id)
+    secrets = (*job_secrets(redis, job_id), os.environ.get("RUNPOD_API_KEY"))
+    return redact_value(report, secrets)
+
+
+def _job_status(settings: Settings, redis: Any, job_id: str) -> dict[str, Any]:
     from sink.writers import writer_from_settings
 
     report: dict[str, Any] = {"pipeline": pipeline_state(redis, job_id), "row": None}

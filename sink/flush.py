@@ -124,7 +124,8 @@ def _flush_locked(
         _record_transient(redis, job_id, exc)
         return FlushResult(job_id, "error", state.version)
     try:
-        return _write(redis, job_id, token, state, written, settings, writer, sleep)
+        secrets = tuple(v for v in (token, meta.get("pod_password")) if v)
+        return _write(redis, job_id, secrets, state, written, settings, writer, sleep)
     finally:
         if own_writer:
             writer.close()
@@ -133,14 +134,15 @@ def _flush_locked(
 def _write(
     redis: Any,
     job_id: str,
-    token: str,
+    secrets: tuple[str, ...],
     state: JobState,
     written: int,
     settings: Settings,
     writer: Any,
     sleep: _LockRenewer,
 ) -> FlushResult:
-    row, metrics = job_row(state), metric_rows(state, since_version=written)
+    token = secrets[0]  # the job token comes first
+    row, metrics = job_row(state, secrets=secrets), metric_rows(state, since_version=written)
     try:
         outcome = retrying_write(
             writer, job_id, token, row, metrics,

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from producer.redaction import db_safe, redact
 from producer.wire import CHECKPOINT_PREFIX
 from scorer_worker.ranking import summarize
 from scorer_worker.scoring import Profile, get_profile, is_usable_loss, score_eval
@@ -74,13 +75,16 @@ METRIC_COLUMN_NAMES = tuple(c.name for c in METRIC_COLUMNS)
 TREND_TOLERANCE = 0.01
 
 
-def job_row(state: JobState, summary: Summary | None = None) -> dict[str, Any]:
+def job_row(
+    state: JobState, summary: Summary | None = None, secrets: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """Map a job's state to the ``local_training_jobs`` columns (all of JOB_COLUMN_NAMES).
 
     The history-wide values come from ``summary`` (the state's own, kept by the drain; or,
     for a state without one, rebuilt from its records), so the head of the state suffices.
     Non-finite numbers become None (JSON and PostgREST cannot carry them); ``loss_trend``
-    says ``diverged`` instead.
+    says ``diverged`` instead. Text from the producer (the error, the output folder) has the
+    job's ``secrets`` and any URL password masked, and NUL removed (PostgreSQL refuses it).
     """
     profile = get_profile(state.profile)
     s = summary or state.summary or summarize(state, profile)
@@ -112,14 +116,20 @@ def job_row(state: JobState, summary: Summary | None = None) -> dict[str, Any]:
         "best_checkpoint_path": _checkpoint_path(state, s, best),
         "epochs_without_improvement": last.epochs_without_improvement if last else None,
         "loss_trend": loss_trend(s),
-        "error_message": state.end.error if state.end else None,
+        "error_message": redact(state.end.error, secrets)
+        if state.end and state.end.error
+        else None,
         "started_at": iso_time(s.first_ts),
         "completed_at": iso_time(state.end.ts) if state.end else None,
         "updated_at": iso_time(s.last_ts),
         "scoring_version": state.version,
         "best_score_breakdown": json_safe(_breakdown(best, by_loss, profile)),
     }
-    return {name: finite_or_none(value) for name, value in row.items()}
+    return {name: _column_safe(value) for name, value in row.items()}
+
+
+def _column_safe(value: Any) -> Any:
+    return db_safe(value) if isinstance(value, str) else finite_or_none(value)
 
 
 def metric_rows(state: JobState, since_version: int = 0) -> list[dict[str, Any]]:

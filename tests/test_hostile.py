@@ -114,3 +114,62 @@ def test_every_subcommands_help_exits_0():
     for args in (("--help",), ("status", "--help"), ("dead", "list", "--help"), ("work", "--help")):
         done = cli(*args)
         assert done.returncode == 0 and "Usage:" in done.stdout and "error" not in done.stderr
+
+
+POD_PASSWORD = "pod-pass-0123456789abcdef"
+TOKEN = "job-token-0123456789"
+
+
+def end_event(job: str, error: str) -> str:
+    info = {"status": "failed", "error": error}
+    return encode_event(build_event("train_end", job, 5, 0.5, info=info, ts=5.0))
+
+
+def test_no_secret_reaches_a_row_a_status_or_a_dead_letter(redis_client, pipeline_env):
+    from scorer_worker.registry import record_pod_user
+
+    job = "leaky"
+    created = cli("register", job, TOKEN, "--create-row")
+    assert created.returncode == 0, created.stderr
+    record_pod_user(redis_client, job, f"ckpt-pod-{job}", POD_PASSWORD)
+    error = (
+        f"boom: token {TOKEN}, password {POD_PASSWORD}, "
+        f"url redis://ckpt-pod-{job}:{POD_PASSWORD}@redis.example:6379/0 "
+        "db postgresql://admin:hunter22@db.example/x"
+    )
+    redis_client.xadd(keys.events(job), {"event": end_event(job, error)})
+    redis_client.xadd(keys.events(job), {"event": f'{{"oops": "{POD_PASSWORD}"'})
+    assert burst_ends()
+    outputs = [
+        cli("status", job).stdout,
+        cli("status", job, "--json").stdout,
+        cli("dead", "list", "--job", job).stdout,
+    ]
+    ref = outputs[-1].split()[0]
+    outputs.append(cli("dead", "show", ref).stdout)
+    assert "boom" in outputs[0] and "boom" in outputs[1] and "oops" in outputs[3]
+    for text in outputs:
+        for secret in (TOKEN, POD_PASSWORD, "hunter22"):
+            assert secret not in text
+    assert "***" in outputs[0]
+
+
+def test_nul_and_escape_sequences_reach_neither_the_row_nor_the_terminal(
+    redis_client, pipeline_env
+):
+    from sink.rows import job_row
+
+    job = "escapes"
+    assert cli("register", job, TOKEN, "--create-row").returncode == 0
+    info = {"max_steps": 10, "resumed_from_step": 0, "output_dir": "/out\x00/\x1b]0;pwned\x07"}
+    begin = build_event("train_begin", job, 0, 0.0, info=info, ts=1.0)
+    redis_client.xadd(keys.events(job), {"event": encode_event(begin)})
+    redis_client.xadd(keys.events(job), {"event": evaluation(job, 5, 1.0)})
+    redis_client.xadd(keys.events(job), {"event": end_event(job, "bad\x00 \x1b[2J\x1b[31mred")})
+    assert burst_ends()
+    row = job_row(load_state(redis_client, job))
+    assert all("\x00" not in v for v in row.values() if isinstance(v, str))
+    shown = cli("status", job)
+    assert shown.returncode == 0
+    assert "\x1b" not in shown.stdout and "\x07" not in shown.stdout
+    assert "\\x1b[2J" in shown.stdout  # shown, inert

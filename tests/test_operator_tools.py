@@ -99,7 +99,8 @@ def test_dead_list_show_requeue_purge(redis_client, pipeline_env):
     assert requeued.returncode == 0 and f"{poison_id}: requeued" in requeued.stdout
     run_all_in_one(redis_client, pipeline_env, burst=True)
     assert 40 in load_state(redis_client, JOB).evals
-    redacted = make_dead_letter(JOB, "1-2", "bad", '{"job_token": "tok"}', 4096, ("tok",))
+    secret = "tok-0123456789"
+    redacted = make_dead_letter(JOB, "1-2", "bad", f'{{"job_token": "{secret}"}}', 4096, (secret,))
     redacted_id = f"{JOB}/" + redis_client.xadd(keys.dead(JOB), redacted.fields()).decode()
     refused = cli("dead", "requeue", redacted_id)  # it would not be the event that was sent
     assert "not requeued (payload had a secret redacted)" in refused.stderr
