@@ -29,27 +29,41 @@ from .state import INITIAL_CURSOR, RECORD_PREFIXES, JobState
 from .store import changed_steps, meta_fields, next_stream_id, stream_id_key
 from .summary import retained_steps
 
-# ARGV: job ids. For each job: {head ('' when its stream is empty), cursor, version,
-# written_version, status, eval_version, last_flush_at, refused_version, poisoned (0/1)}. Key
-# names are those of keys.py, built here so one call covers hundreds of jobs (single-node
-# Redis, like the pump's scan). The events are read beside it with plain XRANGE, which is
-# cheaper than passing them through Lua.
+# ARGV: the batch's event count, then job ids. For each job: {head ('' when its stream is
+# empty), cursor, version, written_version, status, eval_version, last_flush_at,
+# refused_version, special (0/1: a poison event, a cut-off or a stall to fold: drain_job),
+# stream bytes, last entry id}. Key names are those of keys.py, built here so one call covers
+# hundreds of jobs (single-node Redis, like the pump's scan). The events are then read with
+# plain XRANGE up to that last id, which is cheaper than passing them through Lua, and only
+# for streams within the read budget: nothing a pod appends meanwhile is read.
 READ_SCRIPT = """
+local function stream_bytes(key, count)
+  local bytes = redis.pcall('MEMORY', 'USAGE', key, 'SAMPLES', '0')
+  if type(bytes) == 'number' then return bytes end
+  local total = 0  -- a server without MEMORY: the entries a batch would read
+  for _, entry in ipairs(redis.call('XRANGE', key, '-', '+', 'COUNT', count)) do
+    for _, part in ipairs(entry[2]) do total = total + #part end
+  end
+  return total
+end
+local special_fields = {cut_off = true, stalled_since = true}
 local out = {}
-for i = 1, #ARGV do
+for i = 2, #ARGV do
   local prefix = 'ckpt:{' .. ARGV[i] .. '}:'
   local m = redis.call('HMGET', prefix .. 'meta', 'cursor', 'version', 'written_version',
                        'status', 'eval_version', 'last_flush_at', 'refused_version')
-  local poisoned = 0
+  local special = 0
   for _, name in ipairs(redis.call('HKEYS', prefix .. 'meta')) do
-    if string.sub(name, 1, 7) == 'poison:' then poisoned = 1 break end
+    if string.sub(name, 1, 7) == 'poison:' or special_fields[name] then special = 1 break end
   end
-  local head = ''
+  local head, bytes, last = '', 0, ''
   if redis.call('XLEN', prefix .. 'events') > 0 then
     head = redis.call('HGET', prefix .. 'state', 'head') or ''
+    bytes = stream_bytes(prefix .. 'events', ARGV[1])
+    last = redis.call('XREVRANGE', prefix .. 'events', '+', '-', 'COUNT', 1)[1][1]
   end
   out[#out + 1] = {head, m[1] or '', m[2] or '', m[3] or '', m[4] or '', m[5] or '',
-                   m[6] or '', m[7] or '', poisoned}
+                   m[6] or '', m[7] or '', special, bytes, last}
 end
 return out
 """
@@ -203,29 +217,37 @@ def _poisoned(
 def _read(
     redis: Any, job_ids: list[str], settings: Settings, count: int, bulk: BulkResult
 ) -> list[_Job]:
-    """Read every job's levels and new events (and, for jobs with events, the head)."""
+    """Read every job's levels (and, for jobs with events, the head), then their events.
+
+    Two pipelined round trips: the first says how many bytes each stream holds, so that a
+    stream past the read budget is left to ``drain_job``'s bounded read, unread here.
+    """
     script = redis.register_script(READ_SCRIPT)
     pipe = redis.pipeline(transaction=False)
     for start in range(0, len(job_ids), READ_CHUNK_JOBS):
-        script(args=job_ids[start : start + READ_CHUNK_JOBS], client=pipe)
-    for job_id in job_ids:
+        script(args=[count, *job_ids[start : start + READ_CHUNK_JOBS]], client=pipe)
+    heads = [row for rows in (pipe.execute() if job_ids else []) for row in rows]
+    readable = []
+    for job_id, (*levels_read, special, stream_bytes, last) in zip(job_ids, heads, strict=True):
+        meta = dict(zip(META_FIELDS, (_text(v) or None for v in levels_read[2:]), strict=True))
+        bulk.levels[job_id] = levels_from_meta(meta)
+        if special or int(stream_bytes) > settings.drain_read_max_bytes:
+            bulk.left.append(job_id)
+        elif not last:  # caught up: nothing to fold or commit
+            result = bulk.results[job_id]
+            result.caught_up, result.version = True, bulk.levels[job_id].version
+        else:
+            readable.append((job_id, levels_read[0], levels_read[1], meta, _text(last)))
+    for job_id, *_, last in readable:
         # A commit trims what it drained, so the stream holds only entries after the cursor
         # (checked in _job; the compare-and-set catches a commit made meanwhile).
-        pipe.xrange(keys.events(job_id), "-", "+", count)
-    replies = pipe.execute() if job_ids else []
-    heads = [row for rows in replies[: -len(job_ids) or None] for row in rows]
+        pipe.xrange(keys.events(job_id), "-", last, count)
     jobs = []
-    for job_id, (head, cursor, *values, poisoned), entries in zip(
-        job_ids, heads, replies[-len(job_ids) :], strict=True
+    for (job_id, head, cursor, meta, _), entries in zip(
+        readable, pipe.execute() if readable else [], strict=True
     ):
-        meta = dict(zip(META_FIELDS, (_text(v) or None for v in values), strict=True))
-        levels = bulk.levels[job_id] = levels_from_meta(meta)
-        if not entries:  # caught up: nothing to fold or commit
-            result = bulk.results[job_id]
-            result.caught_up, result.version = True, levels.version
-            continue
         job = _job(job_id, _text(head), _text(cursor), entries, settings)
-        if poisoned or job is None:
+        if job is None:
             bulk.left.append(job_id)
         else:
             job.meta = meta
@@ -315,7 +337,8 @@ def _commit_args(job: _Job) -> list[Any]:
     args: list[Any] = [job.job_id, job.head, state.head_json()]
     decision = decision_write(state, job.basis, full=False)
     decided = list(decision.fields.items()) if decision else []
-    for group in (changed, list(meta_fields(state).items()), _scored(state), decided):
+    meta = list(meta_fields(state, time.time()).items())
+    for group in (changed, meta, _scored(state), decided):
         args.append(len(group))
         for pair in group:
             args.extend(pair)

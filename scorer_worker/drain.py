@@ -12,11 +12,12 @@ from redis.exceptions import WatchError
 from . import keys
 from .deadletter import DeadLetter, make_dead_letter
 from .errors import InvalidEvent, PoisonEvent, StateConflict
+from .limits import CUT_OFF_FIELD, STALLED_FIELD
 from .models import WireEvent, decode_entry
 from .registry import job_secrets
 from .scoring import get_profile
 from .settings import Settings
-from .store import StateTransaction
+from .store import OversizeEntry, StateTransaction
 
 log = logging.getLogger(__name__)
 MAX_CONFLICT_RETRIES = 20
@@ -48,7 +49,7 @@ def drain_job(
     conflicts = 0
     while True:
         try:
-            batch_size = _drain_batch(redis, job_id, settings, result, secrets)
+            more = _drain_batch(redis, job_id, settings, result, secrets)
         except _PoisonGaveUp:
             continue  # re-read the batch: the poison event is now dead-lettered unapplied
         except (StateConflict, WatchError):
@@ -58,7 +59,7 @@ def drain_job(
             if conflicts > MAX_CONFLICT_RETRIES:
                 raise
             continue
-        if batch_size < settings.drain_batch_events:
+        if not more:
             result.caught_up = True
             break
         if time.monotonic() >= deadline:
@@ -68,12 +69,15 @@ def drain_job(
 
 def _drain_batch(
     redis: Any, job_id: str, settings: Settings, result: DrainResult, secrets: tuple[str, ...]
-) -> int:
+) -> bool:
     with StateTransaction(redis, job_id, settings.profile) as txn:
-        entries = txn.read_events(settings.drain_batch_events)
+        if _trusted_facts(redis, txn, job_id):
+            result.version, result.commits = txn.state.version, result.commits + 1
+            return False  # cut off (the backlog is dropped unread), or a stall to report
+        entries = txn.read_events(settings.drain_batch_events, settings.drain_read_max_bytes)
         if not entries:
             result.version = txn.state.version
-            return 0
+            return False
         given_up = _poison_given_up(redis, job_id, settings.poison_max_attempts)
         decoded = [(entry_id, fields, _decode(job_id, fields)) for entry_id, fields in entries]
         txn.load_for(e for entry_id, _, e in decoded if isinstance(e, WireEvent))
@@ -90,21 +94,51 @@ def _drain_batch(
         state = txn.state
         state.cursor = entries[-1][0]
         state.dead_letters += len(dead)
-        if changed or dead:
+        resumed = state.stalled_since is not None  # the job talks again: the report clears
+        state.stalled_since = None
+        if changed or dead or resumed:
             state.version += 1
+        clear = [_poison_field(e) for e in given_up] + ([STALLED_FIELD] if resumed else [])
         txn.commit(
             dead,
-            clear_fields=[_poison_field(e) for e in given_up],
+            clear_fields=clear,
             dead_max_per_job=settings.dead_letters_per_job,
+            drained_at=time.time(),
         )
     result.events += len(entries)
     result.dead += len(dead)
     result.commits += 1
     result.version = state.version
-    return len(entries)
+    return len(entries) >= txn.last_read_limit  # a full batch: there may be more
 
 
-def _decode(job_id: str, fields: dict) -> WireEvent | InvalidEvent:
+def _trusted_facts(redis: Any, txn: StateTransaction, job_id: str) -> bool:
+    """Fold what trusted processes decided (in the meta hash) into the state; commit if so.
+
+    Returns:
+        True when this committed (or nothing more is to be drained: the job is cut off).
+    """
+    cut_off, stalled = (_text(v) if v else None for v in redis.hmget(keys.meta(job_id),
+                        CUT_OFF_FIELD, STALLED_FIELD))  # fmt: skip
+    state = txn.state
+    if cut_off is not None:
+        if state.cut_off is None:
+            state.cut_off = cut_off
+            state.version += 1
+        txn.commit([], drop_stream=True)  # the backlog goes unread, in the background
+        return True
+    quiet = stalled is not None and state.stalled_since is None and state.end is None
+    if quiet and redis.xlen(keys.events(job_id)) == 0:  # events waiting: they clear it anyway
+        state.stalled_since = float(stalled)
+        state.version += 1
+        txn.commit([])
+        return True
+    return False
+
+
+def _decode(job_id: str, fields: Any) -> WireEvent | InvalidEvent:
+    if isinstance(fields, OversizeEntry):
+        return InvalidEvent(fields.reason, fields.head)
     try:
         return decode_entry(fields, job_id)
     except InvalidEvent as exc:
@@ -131,7 +165,8 @@ class _Fold:
         """Apply the valid entries in order; dead-letter the invalid and given-up ones."""
         for entry_id, fields, event in decoded:
             if entry_id in given_up:
-                self._dead(entry_id, given_up[entry_id], fields.get(b"event", fields.get("event")))
+                raw = fields.head if isinstance(fields, OversizeEntry) else fields.get(b"event")
+                self._dead(entry_id, given_up[entry_id], raw)
             elif isinstance(event, InvalidEvent):
                 self._dead(entry_id, event.reason, event.raw)
             else:

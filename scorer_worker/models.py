@@ -30,6 +30,7 @@ from .errors import InvalidEvent
 
 _SPECIAL_NUMBERS = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 CHECKPOINT_PATTERN = rf"^{CHECKPOINT_PREFIX}[0-9]+$"
+MAX_RETAINED = 1000  # checkpoint names in one checkpoint_saved
 
 
 # Numbers are checked by pydantic-core itself (no Python call per value: this is the hot
@@ -69,7 +70,10 @@ class CheckpointInfo(_Info):
     """``info`` of ``checkpoint_saved``: the folder saved, the folders left after rotation."""
 
     checkpoint: Annotated[str, Field(pattern=CHECKPOINT_PATTERN)]
-    retained: list[Annotated[str, Field(pattern=CHECKPOINT_PATTERN)]] = []
+    # Capped: a real run keeps a few checkpoints; the state keeps only the latest list.
+    retained: Annotated[
+        list[Annotated[str, Field(pattern=CHECKPOINT_PATTERN)]], Field(max_length=MAX_RETAINED)
+    ] = []
 
 
 class TrainEndInfo(_Info):
@@ -165,10 +169,31 @@ def decode_entry(fields: dict[Any, Any], stream_job_id: str) -> WireEvent:
         InvalidEvent: when the field is missing or its payload is invalid.
     """
     raw = fields.get(EVENT_FIELD.encode()) or fields.get(EVENT_FIELD)
-    if raw is None:
-        names = sorted(str(k) for k in fields)
-        raise InvalidEvent(f"entry has no {EVENT_FIELD!r} field (fields: {names})", repr(fields))
+    if raw is None or len(fields) != 1:
+        names = sorted(_shown(k) for k in fields)[:10]
+        what = f"no {EVENT_FIELD!r} field" if raw is None else "more fields than one"
+        raise InvalidEvent(f"entry has {what} (fields: {names})", _capped(fields))
     return decode_event(raw, stream_job_id)
+
+
+def entry_bytes(fields: dict[Any, Any]) -> int:
+    """Return the size of a stream entry: every field name and value counted."""
+    return sum(len(_as_bytes(k)) + len(_as_bytes(v)) for k, v in fields.items())
+
+
+def _as_bytes(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode("utf-8", errors="replace")
+
+
+def _shown(name: Any) -> str:
+    return _as_bytes(name)[:40].decode("utf-8", errors="backslashreplace")
+
+
+def _capped(fields: dict[Any, Any]) -> bytes:
+    # What a dead letter keeps of a malformed entry: never more than the event cap.
+    return b"\n".join(_as_bytes(k)[:64] + b"=" + _as_bytes(v)[:256] for k, v in fields.items())[
+        :MAX_EVENT_BYTES
+    ]
 
 
 def _reject_constant(name: str) -> Any:

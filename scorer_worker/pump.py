@@ -21,6 +21,7 @@ from producer.wire import job_of_stream_key
 from . import keys
 from .dispatch import enqueue_many
 from .levels import read_levels, scan_levels
+from .limits import LimitKeeper
 from .registry import drop_pod_user
 from .settings import Settings
 from .store import compact_state
@@ -75,6 +76,7 @@ class Pump:
         self.shard_index = shard_index
         self.shard_count = shard_count
         self.after_pass = after_pass
+        self.limits = LimitKeeper(redis, settings)
         self._last_discovery = 0.0
 
     def owns(self, job_id: str) -> bool:
@@ -102,6 +104,8 @@ class Pump:
             elif levels.undrained == 0 and levels.finished:
                 self._retire(job_id)
                 result.retired += 1
+        # Limits and silence: a cut-off or a stall report is folded in by a drain.
+        drains += [j for j in self.limits.check(jobs) if j not in drains]
         settings = self.settings
         result.drains_enqueued = enqueue_many(
             self.redis, keys.SCORING_QUEUE, keys.DRAIN_JOBS_TASK, drains, settings

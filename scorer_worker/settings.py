@@ -41,6 +41,18 @@ class Settings:
     task_timeout_s: int = 120
     dead_payload_max_bytes: int = 4096
     dead_letters_per_job: int = 1000  # each job's dead letters are capped at this many
+    # A drain reads a stream holding more than this through a bounded script (see
+    # store.read_events), so no drain loads much more, whatever a pod appended.
+    drain_read_max_bytes: int = 16 * 1024 * 1024
+    # Per-job limits on what a pod publishes (scorer_worker/limits.py). A real run is far
+    # below: a Trainer logs a few events a second, and a spool delivered after an outage is a
+    # burst the bucket absorbs.
+    job_max_undrained_events: int = 200_000
+    job_max_undrained_bytes: int = 256 * 1024 * 1024
+    job_max_events_per_s: float = 1000.0  # sustained, refilling a bucket of job_burst_events
+    job_burst_events: int = 200_000
+    limits_interval_s: float = 1.0
+    stall_after_s: float = 1800.0  # a running job silent this long is reported stalled
     poison_max_attempts: int = 3
     sink_retry_attempts: int = 5
     sink_retry_max_s: float = 10.0

@@ -100,6 +100,10 @@ class JobState:
     saves: dict[int, SaveRecord] = field(default_factory=dict)
     end: End | None = None
     dead_letters: int = 0
+    # Trusted facts, set only by the scorer from what a trusted process decided (the meta
+    # hash), never by an event: a pod cut off at a limit, a job reported silent.
+    cut_off: str | None = None  # why the job was cut off; the row ends failed with it
+    stalled_since: float | None = None  # trusted time the job was found silent, until it talks
     eval_version: int = 0  # state version at which an evaluation last changed
     packed: bool = False  # the records are stored compressed (a finished job)
     summary: Summary | None = None  # the row's aggregates; None until rebuilt from all records
@@ -124,6 +128,13 @@ class JobState:
             saves=dict(self.saves),
         )
         return trial.apply(event)
+
+    @property
+    def status(self) -> str:
+        """The job's status: its end's, ``failed`` when cut off, else ``running``."""
+        if self.cut_off is not None:
+            return "failed"
+        return self.end.status if self.end else "running"
 
     @property
     def first_ts(self) -> float | None:

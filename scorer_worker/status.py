@@ -38,6 +38,8 @@ def pipeline_state(redis: Any, job_id: str) -> dict[str, Any]:
         "recent_dead_letters": [f"{entry_id}: {letter.reason}" for entry_id, letter in letters],
         "sink_error": meta.get("sink_error"),
         "sink_error_kind": meta.get("sink_error_kind"),
+        "cut_off": meta.get("cut_off"),
+        "stalled_since": meta.get("stalled_since") if not state.end else None,
         "decision": decision_header(redis, job_id),
     }
 

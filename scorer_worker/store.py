@@ -16,9 +16,12 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import WatchError
+from redis.exceptions import ResponseError, WatchError
+
+from producer.wire import MAX_EVENT_BYTES
 
 from . import keys
 from .deadletter import DEAD_PER_JOB_DEFAULT, DeadLetter, add_dead_letters
@@ -130,6 +133,59 @@ def compact_state(redis: Any, job_id: str) -> bool:
             return False  # a drain committed meanwhile: the job is live again
 
 
+# A whole stream entry may hold one ``event`` field of MAX_EVENT_BYTES, plus the name.
+ENTRY_MAX_BYTES = MAX_EVENT_BYTES + 64
+DRAIN_READ_MAX_BYTES = 16 * 1024 * 1024
+DEAD_HEAD_BYTES = 4096
+# KEYS: the stream. ARGV: start id, count, entry cap, head bytes. Each entry within the cap
+# is returned as {id, fields}; a larger one as {id, size, head of its first value}.
+BOUNDED_READ_SCRIPT = """
+local out = {}
+for _, entry in ipairs(redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])) do
+  local size = 0
+  for _, part in ipairs(entry[2]) do size = size + #part end
+  if size <= tonumber(ARGV[3]) then
+    out[#out + 1] = {entry[1], entry[2]}
+  else
+    out[#out + 1] = {entry[1], size, string.sub(entry[2][2] or '', 1, tonumber(ARGV[4]))}
+  end
+end
+return out
+"""
+
+
+@dataclass(frozen=True)
+class OversizeEntry:
+    """A stream entry larger than the event cap, read as its size and a head only."""
+
+    size: int
+    head: bytes
+
+    @property
+    def reason(self) -> str:
+        """Why it is dead-lettered."""
+        return f"entry of {self.size} bytes exceeds {ENTRY_MAX_BYTES} (all fields counted)"
+
+
+def stream_bytes(redis: Any, key: str) -> int | None:
+    """Return the memory a stream takes (``MEMORY USAGE``, exact), or None if unknown.
+
+    Streams are trimmed as they are drained, so this is the size of what awaits draining.
+    Unknown (a server without ``MEMORY``, e.g. fakeredis) makes readers take the bounded path.
+    """
+    try:
+        return int(redis.execute_command("MEMORY", "USAGE", key, "SAMPLES", "0") or 0)
+    except ResponseError:
+        return None
+
+
+def _bounded_entry(row: list) -> tuple[str, dict | OversizeEntry]:
+    if len(row) == 2:
+        flat = row[1]
+        return _text(row[0]), dict(zip(flat[::2], flat[1::2], strict=True))
+    return _text(row[0]), OversizeEntry(int(row[1]), row[2])
+
+
 class StateTransaction:
     """A WATCH/MULTI transaction over one job's state hash.
 
@@ -140,6 +196,7 @@ class StateTransaction:
 
     def __init__(self, redis: Any, job_id: str, profile: str = "default") -> None:
         self.job_id = job_id
+        self._redis = redis
         self._key = keys.state(job_id)
         self._pipe = redis.pipeline(transaction=True)
         self._pipe.watch(self._key)
@@ -148,6 +205,7 @@ class StateTransaction:
         self._decision_basis = decision_basis(self.state.summary)
         self._loaded: dict[str, str | None] = {}
         self._full = False
+        self.last_read_limit = 0  # how many entries the last read_events asked for
 
     def __enter__(self) -> StateTransaction:
         return self
@@ -155,13 +213,30 @@ class StateTransaction:
     def __exit__(self, *exc_info: object) -> None:
         self._pipe.reset()
 
-    def read_events(self, count: int) -> list[tuple[str, dict]]:
-        """Return up to ``count`` stream entries after the state's cursor."""
+    def read_events(
+        self, count: int, max_bytes: int = DRAIN_READ_MAX_BYTES
+    ) -> list[tuple[str, dict | OversizeEntry]]:
+        """Return up to ``count`` stream entries after the state's cursor.
+
+        When the stream holds more than ``max_bytes``, the entries are read through a script
+        that hands over only entries within the event cap (and a capped head of the others,
+        as :class:`OversizeEntry`), fewer of them: no read loads more than about
+        ``max_bytes``, whatever a producer appended.
+        """
         following = next_stream_id(self.state.cursor)
         if following is None:
             return []  # the cursor is the largest possible id: nothing can follow it
-        entries = self._pipe.xrange(keys.events(self.job_id), following, "+", count)
-        return [(_text(entry_id), fields) for entry_id, fields in entries]
+        events = keys.events(self.job_id)
+        self.last_read_limit = count
+        measured = stream_bytes(self._pipe, events)
+        if measured is not None and measured <= max_bytes:
+            entries = self._pipe.xrange(events, following, "+", count)
+            return [(_text(entry_id), fields) for entry_id, fields in entries]
+        bounded = self.last_read_limit = max(1, min(count, max_bytes // ENTRY_MAX_BYTES))
+        script = self._redis.register_script(BOUNDED_READ_SCRIPT)
+        args = [following, bounded, ENTRY_MAX_BYTES, DEAD_HEAD_BYTES]
+        rows = script(keys=[events], args=args, client=self._pipe)
+        return [_bounded_entry(row) for row in rows]
 
     @property
     def full(self) -> bool:
@@ -209,6 +284,8 @@ class StateTransaction:
         dead_letters: list[DeadLetter],
         clear_fields: Iterable[str] = (),
         dead_max_per_job: int = DEAD_PER_JOB_DEFAULT,
+        drop_stream: bool = False,
+        drained_at: float | None = None,
     ) -> None:
         """Write state (with cursor and version), decision, dead letters, stream trim atomically.
 
@@ -225,7 +302,7 @@ class StateTransaction:
             pipe.delete(self._key)  # a full load may have dropped records or unpacked a blob
             changed = fields
         pipe.hset(self._key, mapping={HEAD_FIELD: state.head_json(), **changed})
-        pipe.hset(keys.meta(self.job_id), mapping=meta_fields(state))
+        pipe.hset(keys.meta(self.job_id), mapping=meta_fields(state, drained_at))
         steps = changed_steps(state, everything=self._full)
         if steps:
             pipe.zadd(keys.changes(self.job_id), steps)
@@ -238,21 +315,31 @@ class StateTransaction:
         for name in clear_fields:  # e.g. the retry counters of a poison event now dead
             pipe.hdel(keys.meta(self.job_id), name, f"{name}:n")
         # Drained entries are kept in the state; trimming them bounds Redis memory per job.
-        trim_drained(pipe, self.job_id, state.cursor)
+        if drop_stream:  # a job cut off: its backlog is freed unread (UNLINK: in the background)
+            pipe.unlink(keys.events(self.job_id))
+        else:
+            trim_drained(pipe, self.job_id, state.cursor)
         try:
             pipe.execute()
         except WatchError:
             raise StateConflict(f"state of {self.job_id} changed concurrently") from None
 
 
-def meta_fields(state: JobState) -> dict[str, str | int]:
-    """The levels a commit copies into the job's meta hash (what the pump compares)."""
-    return {
+def meta_fields(state: JobState, drained_at: float | None = None) -> dict[str, str | int]:
+    """The levels a commit copies into the job's meta hash (what the pump compares).
+
+    ``drained_at`` (trusted time of a commit that drained events) tells the pump when the job
+    last talked, for the stall report.
+    """
+    fields: dict[str, str | int] = {
         "cursor": state.cursor,
         "version": state.version,
-        "status": state.end.status if state.end else "running",
+        "status": state.status,
         "eval_version": state.eval_version,
     }
+    if drained_at is not None:
+        fields["drained_at"] = repr(drained_at)
+    return fields
 
 
 def changed_steps(state: JobState, everything: bool = False) -> dict[str, int]:

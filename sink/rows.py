@@ -116,9 +116,7 @@ def job_row(
         "best_checkpoint_path": _checkpoint_path(state, s, best),
         "epochs_without_improvement": last.epochs_without_improvement if last else None,
         "loss_trend": loss_trend(s),
-        "error_message": redact(state.end.error, secrets)
-        if state.end and state.end.error
-        else None,
+        "error_message": _error_message(state, secrets),
         "started_at": iso_time(s.first_ts),
         "completed_at": iso_time(state.end.ts) if state.end else None,
         "updated_at": iso_time(s.last_ts),
@@ -213,10 +211,20 @@ def json_safe(value: Any) -> Any:
 
 
 def _status(state: JobState, summary: Summary) -> str | None:
-    if state.end is not None:
-        return state.end.status
+    if state.end is not None or state.cut_off is not None:
+        return state.status
     # "pending" for a state with no facts keeps the platform's NOT NULL status satisfied.
     return "running" if summary.last_ts is not None else "pending"
+
+
+def _error_message(state: JobState, secrets: tuple[str, ...]) -> str | None:
+    if state.cut_off is not None:
+        return f"cut off by the pipeline: {state.cut_off}"
+    if state.end is not None and state.end.error:
+        return redact(state.end.error, secrets)
+    if state.stalled_since is not None:
+        return f"stalled: no event since {iso_time(state.stalled_since)}"
+    return None
 
 
 def _progress(state: JobState, summary: Summary) -> float | None:

@@ -173,3 +173,119 @@ def test_nul_and_escape_sequences_reach_neither_the_row_nor_the_terminal(
     assert shown.returncode == 0
     assert "\x1b" not in shown.stdout and "\x07" not in shown.stdout
     assert "\\x1b[2J" in shown.stdout  # shown, inert
+
+
+def pod_client(redis_client, redis_server, job: str):
+    """Register ``job`` with pod credentials; return a client logged in as its pod."""
+    import redis
+
+    from remote.credentials import create_pod_user
+    from scorer_worker.registry import record_pod_user
+
+    register_job(redis_client, job, TOKEN)
+    credentials = create_pod_user(redis_client, job, redis_server.url)
+    record_pod_user(redis_client, job, credentials.username, credentials.password)
+    return redis.Redis.from_url(credentials.redis_url)
+
+
+def pump_pass(redis_client, **overrides):
+    from dataclasses import replace
+
+    from scorer_worker.pump import Pump
+    from scorer_worker.settings import Settings
+
+    settings = replace(Settings.from_env(), limits_interval_s=0.0, **overrides)
+    pump = Pump(redis_client, settings)
+    pump.run_once()
+    return pump
+
+
+def test_a_flooding_pod_is_cut_off_and_its_row_fails_with_the_reason(
+    redis_client, redis_server, pipeline_env, monkeypatch
+):
+    import redis
+
+    monkeypatch.setenv("CKPT_JOB_MAX_UNDRAINED_EVENTS", "5000")
+    assert cli("register", "flood", TOKEN, "--create-row").returncode == 0
+    pod = pod_client(redis_client, redis_server, "flood")
+    assert cli("register", "calm", TOKEN, "--create-row").returncode == 0
+    redis_client.xadd(keys.events("calm"), {"event": evaluation("calm", 10, 1.0)})
+    pipe = pod.pipeline(transaction=False)
+    for i in range(6000):
+        pipe.xadd(keys.events("flood"), {"event": evaluation("flood", i, 1.0)})
+    pipe.execute()
+    pump_pass(redis_client, job_max_undrained_events=5000)
+    assert b"5000" in redis_client.hget(keys.meta("flood"), "cut_off")
+    try:  # the pod's user is off and its connection closed
+        pod.xadd(keys.events("flood"), {"event": "more"})
+        raise AssertionError("the flooding pod could still publish")
+    except (redis.AuthenticationError, redis.ConnectionError, redis.ResponseError):
+        pass
+    assert burst_ends()
+    assert not redis_client.exists(keys.events("flood"))  # the backlog is freed, unread
+    shown = cli("status", "flood", "--json")
+    assert '"status": "failed"' in shown.stdout and "cut off" in shown.stdout
+    assert "await the scorer" in shown.stdout
+    assert load_state(redis_client, "calm").evals  # the other job is scored
+
+
+def test_a_burst_beyond_the_bucket_cuts_the_pod_off_but_a_spool_burst_does_not(
+    redis_client, redis_server, pipeline_env
+):
+    pod = pod_client(redis_client, redis_server, "bursty")
+    overrides = {"job_burst_events": 500, "job_max_events_per_s": 10.0}
+    keeper = pump_pass(redis_client, **overrides).limits
+    pipe = pod.pipeline(transaction=False)
+    for i in range(400):  # a spool delivered after an outage: within the bucket
+        pipe.xadd(keys.events("bursty"), {"event": evaluation("bursty", i, 1.0)})
+    pipe.execute()
+    keeper.check(["bursty"])
+    assert not redis_client.hexists(keys.meta("bursty"), "cut_off")
+    for i in range(400, 800):
+        pipe.xadd(keys.events("bursty"), {"event": evaluation("bursty", i, 1.0)})
+    pipe.execute()
+    keeper.check(["bursty"])
+    assert b"events/s" in redis_client.hget(keys.meta("bursty"), "cut_off")
+
+
+def test_oversized_and_many_field_entries_are_dead_letters_read_in_bounded_steps(
+    redis_client, redis_server, pipeline_env
+):
+    from scorer_worker.store import OversizeEntry, StateTransaction
+
+    pod = pod_client(redis_client, redis_server, "heavy")
+    pod.xadd(keys.events("heavy"), {"event": evaluation("heavy", 10, 1.0), "junk": "x" * 4_000_000})
+    for i in range(5):
+        pod.xadd(keys.events("heavy"), {"event": "y" * 1_000_000})
+    pod.xadd(keys.events("heavy"), {"event": evaluation("heavy", 20, 0.9)})
+    with StateTransaction(redis_client, "heavy") as txn:  # 9 MB waiting, read with a 1 MB budget
+        read = txn.read_events(100, max_bytes=1_000_000)
+    assert [isinstance(fields, OversizeEntry) for _, fields in read] == [True] * 6 + [False]
+    assert all(len(f.head) <= 4096 for _, f in read if isinstance(f, OversizeEntry))
+    assert burst_ends()
+    state = load_state(redis_client, "heavy")
+    assert sorted(state.evals) == [20] and state.dead_letters == 6
+    reasons = cli("dead", "list", "--job", "heavy").stdout
+    assert reasons.count("exceeds") == 5 and "more fields than one" in reasons
+
+
+def test_a_silent_job_is_reported_stalled_until_it_talks_again(redis_client, pipeline_env):
+    import time
+
+    from sink.rows import job_row
+
+    register_job(redis_client, "quiet", TOKEN)
+    redis_client.xadd(keys.events("quiet"), {"event": evaluation("quiet", 10, 1.0)})
+    assert burst_ends()
+    time.sleep(0.2)
+    pump_pass(redis_client, stall_after_s=0.1)
+    assert redis_client.hexists(keys.meta("quiet"), "stalled_since")
+    assert burst_ends()
+    row = job_row(load_state(redis_client, "quiet"))
+    assert row["status"] == "running" and row["error_message"].startswith("stalled")
+    redis_client.xadd(keys.events("quiet"), {"event": evaluation("quiet", 20, 0.9)})
+    assert burst_ends()
+    row = job_row(load_state(redis_client, "quiet"))
+    assert row["error_message"] is None and not redis_client.hexists(
+        keys.meta("quiet"), "stalled_since"
+    )

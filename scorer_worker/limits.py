@@ -1,0 +1,198 @@
+"""Per-job limits and silence, checked by the trusted pump (DESIGN section 7).
+
+A pod may only XADD to its own stream, but it can still flood it. Once a second the pump
+reads, for each active job, its backlog (entries and bytes awaiting the drain) and, for jobs
+published by a pod (those with a pod user), how many entries were added since the last look.
+A job past a limit is cut off: its pod user is disabled and its connections closed, the
+reason is recorded in its meta hash, and the next drain folds the cut-off into the state (the
+row ends ``failed`` with the reason) and frees the backlog unread. Jobs published by trusted
+processes (local training, ``replay``) are held only to the backlog limits.
+
+A running job whose last drained event is older than ``stall_after_s`` is reported stalled:
+the pump records when, and the next drain folds it into the state (the row's error message
+says so, its status stays); the report clears when events resume.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from . import keys
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+CUT_OFF_FIELD = "cut_off"  # meta: why the job was cut off
+STALLED_FIELD = "stalled_since"  # meta: when the job was found silent
+
+# ARGV: job ids. For each job: {id, undrained entries, stream bytes (-1: unknown), entries
+# added to its stream ever (-1 without a pod user), status, drained_at, stalled_since,
+# cut_off ('' for none), pod user ('' for none)}.
+USAGE_SCRIPT = """
+local out = {}
+for i = 1, #ARGV do
+  local prefix = 'ckpt:{' .. ARGV[i] .. '}:'
+  local m = redis.call('HMGET', prefix .. 'meta', 'status', 'drained_at', 'stalled_since',
+                       'cut_off', 'pod_user')
+  local undrained = redis.call('XLEN', prefix .. 'events')
+  local bytes, added = 0, -1
+  if undrained > 0 then
+    bytes = redis.pcall('MEMORY', 'USAGE', prefix .. 'events', 'SAMPLES', '0')
+    if type(bytes) ~= 'number' then bytes = -1 end
+  end
+  if m[5] then added = 0 end  -- a pod job whose stream does not exist yet: none added
+  if m[5] and redis.call('EXISTS', prefix .. 'events') == 1 then
+    local info = redis.call('XINFO', 'STREAM', prefix .. 'events')
+    for j = 1, #info, 2 do
+      if info[j] == 'entries-added' then added = info[j + 1] end
+    end
+  end
+  out[#out + 1] = {ARGV[i], undrained, bytes, added, m[1] or '', m[2] or '', m[3] or '',
+                   m[4] or '', m[5] or ''}
+end
+return out
+"""
+USAGE_CHUNK_JOBS = 200
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What one job's stream and meta say, as the limit check reads them."""
+
+    job_id: str
+    undrained: int
+    stream_bytes: int
+    entries_added: int
+    status: str | None
+    drained_at: float | None
+    stalled_since: float | None
+    cut_off: str | None
+    pod_user: str | None
+
+
+class LimitKeeper:
+    """Checks every job's usage once per ``settings.limits_interval_s`` (the pump calls it).
+
+    It keeps, per pod job, the last count of entries added, to measure events per second.
+    """
+
+    def __init__(self, redis: Any, settings: Settings) -> None:
+        self.redis, self.settings = redis, settings
+        self._last_check = 0.0
+        # Per pod job: (monotonic time, entries added, tokens left in its bucket).
+        self._seen: dict[str, tuple[float, int, float]] = {}
+
+    def check(self, job_ids: list[str]) -> list[str]:
+        """Cut off or report the jobs that need it; return the jobs to drain for that."""
+        now = time.monotonic()
+        if now - self._last_check < self.settings.limits_interval_s:
+            return []
+        self._last_check = now
+        to_drain = []
+        for usage in read_usage(self.redis, job_ids):
+            if self._act(usage, now):
+                to_drain.append(usage.job_id)
+        self._seen = {j: v for j, v in self._seen.items() if j in set(job_ids)}
+        return to_drain
+
+    def _act(self, usage: Usage, now: float) -> bool:
+        if usage.cut_off is not None:
+            return usage.undrained > 0  # the drain frees the backlog
+        reason = self._exceeded(usage, now)
+        if reason is not None:
+            cut_off_job(self.redis, usage.job_id, reason, usage.pod_user)
+            return True
+        return self._stalled(usage)
+
+    def _exceeded(self, usage: Usage, now: float) -> str | None:
+        s = self.settings
+        if usage.pod_user is None:
+            return None  # a trusted producer (local training, replay): not limited
+        if usage.undrained > s.job_max_undrained_events:
+            return f"{usage.undrained} events await the scorer (limit {s.job_max_undrained_events})"
+        if usage.stream_bytes > s.job_max_undrained_bytes:
+            return (
+                f"{usage.stream_bytes} bytes await the scorer (limit {s.job_max_undrained_bytes})"
+            )
+        return self._over_rate(usage, now)
+
+    def _over_rate(self, usage: Usage, now: float) -> str | None:
+        """A token bucket: ``job_burst_events`` deep, refilled at ``job_max_events_per_s``."""
+        s = self.settings
+        if usage.entries_added < 0:
+            return None
+        seen = self._seen.get(usage.job_id)
+        if seen is None:  # first look: what the stream holds was published before, at any rate
+            self._seen[usage.job_id] = (now, usage.entries_added, float(s.job_burst_events))
+            return None
+        then, added, tokens = seen
+        tokens = min(s.job_burst_events, tokens + (now - then) * s.job_max_events_per_s)
+        tokens -= usage.entries_added - added
+        self._seen[usage.job_id] = (now, usage.entries_added, tokens)
+        if tokens < 0:
+            return (
+                f"more than {s.job_burst_events} events in a burst or {s.job_max_events_per_s:g}"
+                " events/s sustained from the pod"
+            )
+        return None
+
+    def _stalled(self, usage: Usage) -> bool:
+        if usage.status != "running" or usage.drained_at is None or usage.undrained > 0:
+            return False
+        if usage.stalled_since is not None:
+            return False
+        if time.time() - usage.drained_at < self.settings.stall_after_s:
+            return False
+        self.redis.hset(keys.meta(usage.job_id), STALLED_FIELD, repr(usage.drained_at))
+        log.warning("job %s is silent since %.0f", usage.job_id, usage.drained_at)
+        return True
+
+
+def read_usage(redis: Any, job_ids: list[str]) -> list[Usage]:
+    """Read every job's usage (a script per chunk of jobs, the chunks pipelined)."""
+    script = redis.register_script(USAGE_SCRIPT)
+    pipe = redis.pipeline(transaction=False)
+    for start in range(0, len(job_ids), USAGE_CHUNK_JOBS):
+        script(args=job_ids[start : start + USAGE_CHUNK_JOBS], client=pipe)
+    found = []
+    for rows in pipe.execute() if job_ids else []:
+        for job_id, undrained, size, added, status, drained, stalled, cut, pod in rows:
+            found.append(
+                Usage(
+                    _text(job_id),
+                    int(undrained),
+                    int(size),
+                    int(added),
+                    _text(status) or None,
+                    _float(drained),
+                    _float(stalled),
+                    _text(cut) or None,
+                    _text(pod) or None,
+                )
+            )
+    return found
+
+
+def cut_off_job(redis: Any, job_id: str, reason: str, pod_user: str | None = None) -> None:
+    """Cut a job off: disable its pod user, close its connections, record the reason.
+
+    The user goes first, so nothing more arrives once the reason is recorded; the next drain
+    folds the cut-off into the state and frees the backlog.
+    """
+    if pod_user and redis.acl_getuser(pod_user) is not None:
+        redis.acl_setuser(pod_user, enabled=False)
+        redis.execute_command("CLIENT", "KILL", "USER", pod_user)
+    redis.hset(keys.meta(job_id), mapping={CUT_OFF_FIELD: reason, "cut_off_at": repr(time.time())})
+    log.error("job %s cut off: %s", job_id, reason)
+
+
+def _float(value: Any) -> float | None:
+    text = _text(value)
+    return float(text) if text else None
+
+
+def _text(value: Any) -> Any:
+    return value.decode() if isinstance(value, bytes) else value
