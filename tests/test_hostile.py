@@ -289,3 +289,24 @@ def test_a_silent_job_is_reported_stalled_until_it_talks_again(redis_client, pip
     assert row["error_message"] is None and not redis_client.hexists(
         keys.meta("quiet"), "stalled_since"
     )
+
+
+def test_heavy_checkpoint_lists_do_not_pile_up_in_the_state(redis_client, pipeline_env):
+    register_job(redis_client, "lists", TOKEN)
+    names = [f"checkpoint-{s}" for s in range(1000)]  # the cap: 1,000 names an event
+    pipe = redis_client.pipeline(transaction=False)
+    for step in range(1, 301):
+        info = {"checkpoint": f"checkpoint-{step}", "retained": names}
+        event = build_event("checkpoint_saved", "lists", step, 0.1, info=info, ts=float(step))
+        pipe.xadd(keys.events("lists"), {"event": encode_event(event)})
+    pipe.execute()
+    assert burst_ends()
+    state = load_state(redis_client, "lists")
+    assert len(state.saves) == 300
+    assert [s for s, r in state.saves.items() if r.retained] == [300]  # only the latest's list
+    assert redis_client.memory_usage(keys.state("lists")) < 200_000  # 300 lists: ~6 MB
+    too_many = {"checkpoint": "checkpoint-1", "retained": [*names, "checkpoint-1000"]}
+    event = build_event("checkpoint_saved", "lists", 301, 0.1, info=too_many, ts=301.0)
+    redis_client.xadd(keys.events("lists"), {"event": encode_event(event)})
+    assert burst_ends()
+    assert load_state(redis_client, "lists").dead_letters == 1
