@@ -255,7 +255,7 @@ def test_oversized_and_many_field_entries_are_dead_letters_read_in_bounded_steps
 
     pod = pod_client(redis_client, redis_server, "heavy")
     pod.xadd(keys.events("heavy"), {"event": evaluation("heavy", 10, 1.0), "junk": "x" * 4_000_000})
-    for i in range(5):
+    for _ in range(5):
         pod.xadd(keys.events("heavy"), {"event": "y" * 1_000_000})
     pod.xadd(keys.events("heavy"), {"event": evaluation("heavy", 20, 0.9)})
     with StateTransaction(redis_client, "heavy") as txn:  # 9 MB waiting, read with a 1 MB budget
