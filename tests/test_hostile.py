@@ -310,3 +310,43 @@ def test_heavy_checkpoint_lists_do_not_pile_up_in_the_state(redis_client, pipeli
     redis_client.xadd(keys.events("lists"), {"event": encode_event(event)})
     assert burst_ends()
     assert load_state(redis_client, "lists").dead_letters == 1
+
+
+def test_a_full_redis_makes_the_producer_spool_and_the_drain_wait_uncommitted(tmp_path):
+    import time
+
+    import pytest
+    import redis
+
+    from producer import EventPublisher
+    from scorer_worker.drain import drain_job
+    from scorer_worker.local_redis import LocalRedis
+    from scorer_worker.settings import Settings
+
+    server = LocalRedis(
+        tmp_path / "redis", extra_args=["--maxmemory", "4mb", "--maxmemory-policy", "noeviction"]
+    ).start()
+    try:
+        client = redis.Redis.from_url(server.url)
+        register_job(client, "full", TOKEN)
+        client.xadd(keys.events("full"), {"event": evaluation("full", 10, 1.0)})
+        client.config_set("maxmemory", "1")  # less than Redis holds: every write is refused
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            client.set("anything", "x")
+        publisher = EventPublisher("full", server.url, spool_dir=tmp_path / "spool")
+        publisher.emit("eval", 20, 2.0, {"eval_loss": 0.9})
+        publisher.flush(5.0)
+        assert (publisher.spooled, publisher.sent, publisher.dropped) == (1, 0, 0)
+        settings = Settings(redis_url=server.url)
+        with pytest.raises(redis.exceptions.RedisError):
+            drain_job(client, "full", settings)
+        assert load_state(client, "full").version == 0  # nothing half-committed
+        client.config_set("maxmemory", "64mb")
+        deadline = time.monotonic() + 15
+        while publisher.spool.pending() and time.monotonic() < deadline:
+            time.sleep(0.1)  # the publisher delivers its spool once Redis takes writes again
+        publisher.close(5.0)
+        drain_job(client, "full", settings)
+        assert sorted(load_state(client, "full").evals) == [10, 20]
+    finally:
+        server.stop()
