@@ -8,7 +8,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from .wire import KINDS, MAX_EVENT_BYTES, WIRE_VERSION, is_valid_job_id
+from .wire import KINDS, MAX_EVENT_BYTES, MAX_LIST_ITEMS, WIRE_VERSION, is_valid_job_id
 
 Event = dict[str, Any]
 
@@ -77,11 +77,18 @@ def encode_event(event: Event) -> str:
 
     An oversize event keeps its identity, its numbers and its small ``info`` fields; large
     ``info`` values are cut (a list keeps its newest items, e.g. the latest ``retained``
-    checkpoints) and ``info.truncated`` is set, so the event still counts.
+    checkpoints) and ``info.truncated`` is set, so the event still counts. A list longer than
+    ``MAX_LIST_ITEMS`` is cut to its newest items the same way.
 
     Raises:
         ValueError: if the event is oversize even with its ``info`` cut.
     """
+    long_lists = [
+        k for k, v in event["info"].items() if isinstance(v, list) and len(v) > MAX_LIST_ITEMS
+    ]
+    if long_lists:  # the scorer refuses longer ones: keep the newest items
+        cut = {key: event["info"][key][-MAX_LIST_ITEMS:] for key in long_lists}
+        event = {**event, "info": {**event["info"], **cut, "truncated": True}}
     text = _dumps(event)
     if len(text.encode("utf-8")) <= MAX_EVENT_BYTES:
         return text

@@ -10,6 +10,7 @@ import re
 WIRE_VERSION = 1
 EVENT_FIELD = "event"
 MAX_EVENT_BYTES = 64 * 1024
+MAX_LIST_ITEMS = 1000  # items of a list in ``info`` (e.g. ``retained``); producers keep the newest
 
 TRAIN_BEGIN = "train_begin"
 TRAIN_LOG = "train_log"

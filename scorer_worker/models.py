@@ -22,6 +22,7 @@ from producer.wire import (
     EVENT_FIELD,
     JOB_ID_PATTERN,
     MAX_EVENT_BYTES,
+    MAX_LIST_ITEMS,
     MAX_STEP,
     WIRE_VERSION,
 )
@@ -30,7 +31,7 @@ from .errors import InvalidEvent
 
 _SPECIAL_NUMBERS = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 CHECKPOINT_PATTERN = rf"^{CHECKPOINT_PREFIX}[0-9]+$"
-MAX_RETAINED = 1000  # checkpoint names in one checkpoint_saved
+MAX_RETAINED = MAX_LIST_ITEMS  # checkpoint names in one checkpoint_saved
 
 
 # Numbers are checked by pydantic-core itself (no Python call per value: this is the hot
