@@ -80,6 +80,10 @@ class EventPublisher:
         self.spooled = 0
         self.dropped = 0
         self._client = redis_client
+        self._injected_client = redis_client
+        # Set by the thread when a send fails, cleared when one succeeds; read by anyone (a
+        # stale read costs at most one skipped or one bounded wait of a follow_scorer callback).
+        self._unreachable = False
         self._queue: deque[Event] = deque()
         self._wake = threading.Event()
         # The batch being sent, so that close() can spool it if the thread hangs in a send.
@@ -102,6 +106,24 @@ class EventPublisher:
             False when the event was dropped (queue full or publisher closed), else True.
         """
         return self._enqueue(event, event.get("kind"))
+
+    def publish_waiting(self, event: Event, timeout_s: float = 60.0) -> bool:
+        """Queue one event, waiting up to ``timeout_s`` while the queue is full.
+
+        For back-fills (``ckpt-pipeline replay``), which must hand over every event and may
+        wait for the thread; a training loop uses :meth:`publish`, which never waits.
+
+        Returns:
+            False when the event was dropped (still full after the timeout, publisher closed
+            or its thread gone), else True.
+        """
+        deadline = time.monotonic() + timeout_s
+        while len(self._queue) >= self.max_queue_events and not self._stopping:
+            if time.monotonic() >= deadline or not self._thread.is_alive():
+                break
+            self._wake.set()  # the queue is full: let the thread send a batch now
+            time.sleep(0.001)
+        return self.publish(event)
 
     def _enqueue(self, item: Event | tuple, kind: Any) -> bool:
         if self._stopping or len(self._queue) >= self.max_queue_events:
@@ -169,6 +191,16 @@ class EventPublisher:
             self._inflight = []
         if leftover:
             self._spool_events(leftover)
+
+    @property
+    def redis_unreachable(self) -> bool:
+        """True while Redis is unreachable: the last send failed and events go to the spool."""
+        return self._unreachable
+
+    @property
+    def injected_client(self) -> Any:
+        """The ``redis_client`` given to the constructor, or None when one is made from the URL."""
+        return self._injected_client
 
     @property
     def pending_events(self) -> int:
@@ -244,6 +276,7 @@ class EventPublisher:
                 pipe.xadd(self.key, {EVENT_FIELD: text})
             pipe.execute()
         except Exception as exc:  # any Redis failure means: spool and retry later
+            self._unreachable = True
             self._next_attempt = time.monotonic() + self._backoff_s
             log.warning(
                 "redis unavailable (%s); spooling for %.1fs", type(exc).__name__, self._backoff_s
@@ -251,6 +284,7 @@ class EventPublisher:
             self._backoff_s = min(self._backoff_s * 2, self.retry_max_s)
             return False
         self._backoff_s = 0.1
+        self._unreachable = False
         self.sent += len(encoded)
         return True
 
