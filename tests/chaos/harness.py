@@ -85,6 +85,7 @@ def pipeline_env(
         paths.insert(0, str(INJECT_DIR))
     env.update(
         REDIS_URL=redis_url,
+        RQ_REDIS_URL=redis_url,  # rq worker's --url, kept out of `ps` (the Procfile)
         CKPT_SINK=sink_url,
         PYTHONPATH=os.pathsep.join(paths),
         PYTHONUNBUFFERED="1",
