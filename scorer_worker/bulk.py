@@ -26,7 +26,7 @@ from .levels import META_FIELDS, Levels, levels_from_meta
 from .models import WireEvent, decode_entry
 from .settings import Settings
 from .state import INITIAL_CURSOR, RECORD_PREFIXES, JobState
-from .store import changed_steps, latest_save_field, meta_fields, next_stream_id, stream_id_key
+from .store import changed_steps, meta_fields, next_stream_id, stream_id_key
 from .summary import retained_steps
 
 # ARGV: the batch's event count, then job ids. For each job: {head ('' when its stream is
@@ -296,7 +296,6 @@ def _wanted(job: _Job) -> set[str]:
     for _, event in job.entries:
         if event.kind == "checkpoint_saved":
             names.add(f"{prefixes['saves']}{event.step}")
-            names |= latest_save_field(summary)
             steps = retained_steps(event.info.retained)
             names.update(f"{prefixes['evals']}{s}" for s in steps if s <= stored_evals)
         elif event.kind in ("train_log", "eval") and not summary.proves_absent(event):

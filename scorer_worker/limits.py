@@ -30,7 +30,7 @@ STALLED_FIELD = "stalled_since"  # meta: when the job was found silent
 
 # ARGV: job ids. For each job: {id, undrained entries, stream bytes (-1: unknown), entries
 # added to its stream ever (-1 without a pod user), status, drained_at, stalled_since,
-# cut_off ('' for none), pod user ('' for none)}.
+# cut_off ('' for none), pod user ('' for none), state bytes (pod jobs; 0 else)}.
 USAGE_SCRIPT = """
 local out = {}
 for i = 1, #ARGV do
@@ -38,12 +38,16 @@ for i = 1, #ARGV do
   local m = redis.call('HMGET', prefix .. 'meta', 'status', 'drained_at', 'stalled_since',
                        'cut_off', 'pod_user')
   local undrained = redis.call('XLEN', prefix .. 'events')
-  local bytes, added = 0, -1
+  local bytes, added, state_bytes = 0, -1, 0
   if undrained > 0 then
     bytes = redis.pcall('MEMORY', 'USAGE', prefix .. 'events', 'SAMPLES', '0')
     if type(bytes) ~= 'number' then bytes = -1 end
   end
-  if m[5] then added = 0 end  -- a pod job whose stream does not exist yet: none added
+  if m[5] then
+    added = 0  -- a pod job whose stream does not exist yet: none added
+    state_bytes = redis.pcall('MEMORY', 'USAGE', prefix .. 'state', 'SAMPLES', '0')
+    if type(state_bytes) ~= 'number' then state_bytes = 0 end
+  end
   if m[5] and redis.call('EXISTS', prefix .. 'events') == 1 then
     local info = redis.call('XINFO', 'STREAM', prefix .. 'events')
     for j = 1, #info, 2 do
@@ -51,7 +55,7 @@ for i = 1, #ARGV do
     end
   end
   out[#out + 1] = {ARGV[i], undrained, bytes, added, m[1] or '', m[2] or '', m[3] or '',
-                   m[4] or '', m[5] or ''}
+                   m[4] or '', m[5] or '', state_bytes}
 end
 return out
 """
@@ -71,6 +75,7 @@ class Usage:
     stalled_since: float | None
     cut_off: str | None
     pod_user: str | None
+    state_bytes: int = 0
 
 
 class LimitKeeper:
@@ -117,6 +122,8 @@ class LimitKeeper:
             return (
                 f"{usage.stream_bytes} bytes await the scorer (limit {s.job_max_undrained_bytes})"
             )
+        if usage.state_bytes > s.job_max_state_bytes:
+            return f"its state holds {usage.state_bytes} bytes (limit {s.job_max_state_bytes})"
         return self._over_rate(usage, now)
 
     def _over_rate(self, usage: Usage, now: float) -> str | None:
@@ -159,7 +166,7 @@ def read_usage(redis: Any, job_ids: list[str]) -> list[Usage]:
         script(args=job_ids[start : start + USAGE_CHUNK_JOBS], client=pipe)
     found = []
     for rows in pipe.execute() if job_ids else []:
-        for job_id, undrained, size, added, status, drained, stalled, cut, pod in rows:
+        for job_id, undrained, size, added, status, drained, stalled, cut, pod, state in rows:
             found.append(
                 Usage(
                     _text(job_id),
@@ -171,6 +178,7 @@ def read_usage(redis: Any, job_ids: list[str]) -> list[Usage]:
                     _float(stalled),
                     _text(cut) or None,
                     _text(pod) or None,
+                    int(state),
                 )
             )
     return found

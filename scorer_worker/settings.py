@@ -31,7 +31,9 @@ class Settings:
     pod_redis_url: str = field(default="", repr=False)
     profile: str = "default"
     drain_batch_events: int = 1000
-    drain_budget_s: float = 5.0
+    # A task's time budget: a job still busy after it gets a task of its own, so one busy
+    # job (a flooding pod, a delivered spool) holds the jobs batched with it for at most this.
+    drain_budget_s: float = 1.0
     dispatch_batch_jobs: int = 500
     pump_interval_ms: int = 20
     discover_interval_s: float = 5.0
@@ -47,10 +49,11 @@ class Settings:
     # Per-job limits on what a pod publishes (scorer_worker/limits.py). A real run is far
     # below: a Trainer logs a few events a second, and a spool delivered after an outage is a
     # burst the bucket absorbs.
-    job_max_undrained_events: int = 200_000
+    job_max_undrained_events: int = 100_000
     job_max_undrained_bytes: int = 256 * 1024 * 1024
+    job_max_state_bytes: int = 64 * 1024 * 1024  # a 100,000-step run keeps about 20 MB
     job_max_events_per_s: float = 1000.0  # sustained, refilling a bucket of job_burst_events
-    job_burst_events: int = 200_000
+    job_burst_events: int = 50_000
     limits_interval_s: float = 1.0
     stall_after_s: float = 1800.0  # a running job silent this long is reported stalled
     poison_max_attempts: int = 3

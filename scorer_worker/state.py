@@ -162,7 +162,7 @@ class JobState:
     @property
     def latest_save(self) -> SaveRecord | None:
         """The most recent ``checkpoint_saved`` (its ``retained`` list is authoritative)."""
-        return max(self.saves.values(), key=_save_order, default=None)
+        return max(self.saves.values(), key=lambda s: (s.ts, s.checkpoint), default=None)
 
     @property
     def max_step(self) -> int:
@@ -224,16 +224,7 @@ class JobState:
     def _apply_checkpoint(self, event: WireEvent) -> bool:
         info: CheckpointInfo = event.info
         record = SaveRecord(event.ts, info.checkpoint, sorted(set(info.retained)))
-        # Only the latest save's list is ever read (it says what is on disk now): the others
-        # keep none, so a job's state does not grow with every list it was sent.
-        previous = self.latest_save
-        if previous is not None and _save_order(record) < _save_order(previous):
-            record.retained = []
-        if not self._put(self.saves, event.step, record):
-            return False
-        if previous is not None and previous is not record and self.latest_save is record:
-            previous.retained = []
-        return True
+        return self._put(self.saves, event.step, record)
 
     def _apply_end(self, event: WireEvent) -> bool:
         info: TrainEndInfo = event.info
@@ -385,10 +376,6 @@ _NOT_FACTS = ("changed", "paired_train_loss", "epochs_without_improvement", "ord
 def _fact_names(kind: type) -> tuple[str, ...]:
     # The facts come first in every record; bookkeeping and derived fields follow.
     return tuple(name for name in kind.__dataclass_fields__ if name not in _NOT_FACTS)
-
-
-def _save_order(record: SaveRecord) -> tuple[float, str]:
-    return (record.ts, record.checkpoint)
 
 
 def _rank(record: Any) -> tuple[float, str]:

@@ -21,7 +21,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError, WatchError
 
-from producer.wire import MAX_EVENT_BYTES, checkpoint_step
+from producer.wire import MAX_EVENT_BYTES
 
 from . import keys
 from .deadletter import DEAD_PER_JOB_DEFAULT, DeadLetter, add_dead_letters
@@ -71,14 +71,6 @@ def load_for_row(redis: Any, job_id: str, written_version: int) -> JobState:
 
 
 MAX_ID_PART = 2**64 - 1  # both halves of a stream id are unsigned 64-bit integers
-
-
-def latest_save_field(summary: Any) -> set[str]:
-    """The state field of the latest checkpoint save a summary knows of (none before one)."""
-    if summary is None or summary.latest_save is None:
-        return set()
-    step = checkpoint_step(summary.latest_save[1])
-    return set() if step is None else {f"{RECORD_PREFIXES['saves']}{step}"}
 
 
 def next_stream_id(entry_id: str) -> str | None:
@@ -261,10 +253,7 @@ class StateTransaction:
             return
         kinds, known = _KIND_PREFIX, state.summary
         wanted = [e for e in events if e.kind in kinds and not known.proves_absent(e)]
-        names = {f"{kinds[e.kind]}{e.step}" for e in wanted}
-        if any(e.kind == "checkpoint_saved" for e in events):
-            names |= latest_save_field(known)  # its list is dropped when a later save comes
-        self._load_fields(names)
+        self._load_fields({f"{kinds[e.kind]}{e.step}" for e in wanted})
 
     def load_evals(self, steps: Iterable[int]) -> None:
         """Load the evaluation records at ``steps`` that are not loaded (or folded in) yet."""

@@ -292,26 +292,30 @@ def test_a_silent_job_is_reported_stalled_until_it_talks_again(redis_client, pip
     )
 
 
-def test_heavy_checkpoint_lists_do_not_pile_up_in_the_state(redis_client, pipeline_env):
-    register_job(redis_client, "lists", TOKEN)
+def test_heavy_checkpoint_lists_cannot_grow_a_pods_state_without_bound(
+    redis_client, redis_server, pipeline_env
+):
+    pod = pod_client(redis_client, redis_server, "lists")
     names = [f"checkpoint-{s}" for s in range(1000)]  # the cap: 1,000 names an event
-    pipe = redis_client.pipeline(transaction=False)
+    pipe = pod.pipeline(transaction=False)
     for step in range(1, 301):
         info = {"checkpoint": f"checkpoint-{step}", "retained": names}
         event = build_event("checkpoint_saved", "lists", step, 0.1, info=info, ts=float(step))
         pipe.xadd(keys.events("lists"), {"event": encode_event(event)})
     pipe.execute()
     assert burst_ends()
-    state = load_state(redis_client, "lists")
-    assert len(state.saves) == 300
-    assert [s for s, r in state.saves.items() if r.retained] == [300]  # only the latest's list
-    assert redis_client.memory_usage(keys.state("lists")) < 200_000  # 300 lists: ~6 MB
-    too_many = {"checkpoint": "checkpoint-1", "retained": [*names, "checkpoint-1000"]}
-    event = build_event("checkpoint_saved", "lists", 301, 0.1, info=too_many, ts=301.0)
-    # A hostile pod skips encode_event, which would keep the newest 1,000 names.
-    redis_client.xadd(keys.events("lists"), {"event": json.dumps(event)})
+    assert redis_client.memory_usage(keys.state("lists")) > 2_000_000  # 300 lists kept
+    pump_pass(redis_client, job_max_state_bytes=2_000_000)
+    assert b"state" in redis_client.hget(keys.meta("lists"), "cut_off")
     assert burst_ends()
-    assert load_state(redis_client, "lists").dead_letters == 1
+    assert load_state(redis_client, "lists").status == "failed"
+    too_many = {"checkpoint": "checkpoint-1", "retained": [*names, "checkpoint-1000"]}
+    event = build_event("checkpoint_saved", "other", 301, 0.1, info=too_many, ts=301.0)
+    register_job(redis_client, "other", TOKEN)
+    # A hostile pod skips encode_event, which would keep the newest 1,000 names.
+    redis_client.xadd(keys.events("other"), {"event": json.dumps(event)})
+    assert burst_ends()
+    assert load_state(redis_client, "other").dead_letters == 1
 
 
 def test_a_full_redis_makes_the_producer_spool_and_the_drain_wait_uncommitted(tmp_path):
