@@ -1,10 +1,20 @@
-"""Per-job, publish-only Redis credentials for pods (trusted side).
+"""Per-job Redis credentials for pods (trusted side): append events, read the decision.
 
 A pod runs on a third-party machine with its credentials in the environment, so its Redis user
-may do one thing: XADD to its own job's stream. No read (it cannot see its own events), no
-other key (``XADD ... MAXLEN 0`` trims, so no shared key may be writable), no ``rq:*`` (RQ
-runs any dotted name it finds in a job: queue access is code execution on the workers), no
-scripting, no MULTI, no CONFIG.
+may do exactly two things (DESIGN section 7):
+
+- ``XADD`` to its own job's stream ``ckpt:{<job>}:events``, with write-only key access: it
+  cannot read its own events back;
+- ``HMGET`` its own job's decision ``ckpt:{<job>}:decision`` (the closed loop: the callback
+  reads the score of each evaluation), with read-only key access: it cannot write, delete or
+  expire the decision, nor read another job's.
+
+A Redis 7 ACL selector scopes each command to its key: the root permissions allow ``XADD`` on
+the stream only, the selector ``HMGET`` on the decision only, so ``XADD`` on the decision key
+and ``HMGET`` on the stream are refused too. Everything else stays denied: no other key
+(``XADD ... MAXLEN 0`` trims, so no shared key may be writable), no ``rq:*`` (RQ runs any
+dotted name it finds in a job: queue access is code execution on the workers), no scripting,
+no MULTI, no CONFIG, no KEYS/SCAN, no ACL or CLIENT commands, no channels.
 """
 
 from __future__ import annotations
@@ -14,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from producer.wire import stream_key
+from producer.wire import decision_key, stream_key
 
 POD_USER_PREFIX = "ckpt-pod-"
 
@@ -42,25 +52,45 @@ def pod_username(job_id: str) -> str:
     return f"{POD_USER_PREFIX}{job_id}"
 
 
+def pod_acl_rules(job_id: str) -> list[str]:
+    """Return the ``ACL SETUSER`` rules of ``job_id``'s pod user, without its password.
+
+    ``reset`` first (off, no password, no keys, no channels, no commands, no selectors), then
+    the two grants of the module docstring. ``%W~`` suffices for ``XADD`` (it inserts, it does
+    not return data) and ``%R~`` for ``HMGET``; each command is granted only beside its key.
+
+    Raises:
+        ValueError: if ``job_id`` is not a valid job id.
+    """
+    return [
+        "reset",
+        "on",
+        f"%W~{stream_key(job_id)}",
+        "+xadd",
+        f"(%R~{decision_key(job_id)} +hmget)",
+    ]
+
+
 def create_pod_user(redis: Any, job_id: str, public_redis_url: str) -> PodCredentials:
     """Create (or rotate) the pod user of ``job_id`` with a fresh password.
 
+    The user may XADD to the job's stream and HMGET the job's decision, nothing else (see
+    :func:`pod_acl_rules`). Rotating resets every earlier permission and password.
+
     Args:
-        redis: a client with ACL administration rights.
+        redis: a client with ACL administration rights (Redis 7 or later: ACL selectors).
         job_id: the job.
         public_redis_url: the Redis address as the pod reaches it; its credentials are replaced.
+
+    Returns:
+        The credentials; ``redis_url`` carries the user and password for the pod.
     """
     password = secrets.token_urlsafe(32)
     username = pod_username(job_id)
-    # reset first: no keys, channels or commands; then exactly XADD on the job's own stream.
-    redis.acl_setuser(
-        username,
-        reset=True,
-        enabled=True,
-        passwords=[f"+{password}"],
-        keys=[stream_key(job_id)],
-        commands=["+xadd"],
-    )
+    rules = pod_acl_rules(job_id)
+    # The password goes right after reset, which clears passwords. This command carries the
+    # password: it is sent, never logged.
+    redis.execute_command("ACL", "SETUSER", username, rules[0], f">{password}", *rules[1:])
     url = with_credentials(public_redis_url, username, password)
     return PodCredentials(job_id, username, password, url)
 

@@ -16,14 +16,10 @@ import producer
 
 REMOTE_DIR = Path(__file__).parent
 PRODUCER_DIR = Path(producer.__file__).parent
-PRODUCER_MODULES = (
-    "__init__.py",
-    "wire.py",
-    "events.py",
-    "spool.py",
-    "publisher.py",
-    "callback.py",
-)
+# Every module of producer/ travels, so a module added there (and imported by the callback
+# or the publisher one day) cannot be missing on the pod. producer/ depends only on the
+# standard library, redis and transformers (DESIGN section 2), so all of it may travel.
+PRODUCER_MODULES = tuple(sorted(path.name for path in PRODUCER_DIR.glob("*.py")))
 REMOTE_MODULES = ("__init__.py", "training.py", "pod_main.py")
 
 _BOOTSTRAP = '''

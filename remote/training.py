@@ -4,9 +4,15 @@ Used in-process by the demo and the tests, and embedded verbatim in the generate
 it depends only on the standard library, torch and transformers. It publishes nothing itself:
 the caller passes callbacks (on a pod, `producer.CheckpointEventsCallback`). For the same reason
 it has no `from __future__` import, which would be a syntax error anywhere but the top of a file.
+
+The Trainer picks its best checkpoint (the one rotation keeps, `load_best_model_at_end` loads
+and early stopping watches) by `metric_for_best_model`, by default the scorer's composite
+`checkpoint_score`: a callback that follows the scorer writes it into each evaluation's metrics
+as `eval_checkpoint_score`. `run_training` saves the loaded best model to `<output_dir>/best`.
 """
 
 import json
+import logging
 import math
 import random
 import re
@@ -18,6 +24,7 @@ import torch
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    EarlyStoppingCallback,
     PreTrainedTokenizerBase,
     Trainer,
     TrainerCallback,
@@ -29,12 +36,27 @@ from transformers import (
 REQUIRED = object()
 """Marker default of a field that the spec must set."""
 
+COMPOSITE_METRIC = "checkpoint_score"
+"""The scorer's composite score as a Trainer metric; evaluations carry it as `eval_<name>`."""
+
+FALLBACK_METRIC = "eval_loss"
+"""What the Trainer picks by when the composite is not available: Hugging Face's own default."""
+
+BEST_DIR = "best"
+"""Sub-folder of `output_dir` where `run_training` saves the best model for deployment."""
+
+logger = logging.getLogger(__name__)
+
 SPEC_FIELDS: dict[str, str] = {
     "job_id": "Job id, 1 to 64 of [A-Za-z0-9_-]. Required.",
     "model": "Hub model name or local model folder, loaded with from_pretrained. Required.",
     "dataset": "Path or http(s) URL of a JSONL file whose lines hold a 'text' string. Required.",
     "eval_fraction": "Share of the texts held out for evaluation, in (0, 1). Default 0.2.",
-    "output_dir": "Folder for checkpoint-* folders. Required.",
+    "output_dir": (
+        "Folder for checkpoint-* folders. At the end the best model (weights, config, tokenizer"
+        " and trainer_state.json naming its checkpoint) is saved to <output_dir>/best: the"
+        " platform deploys from there. Required."
+    ),
     "max_length": "Tokens per example; texts are truncated or padded to it. Default 64.",
     "seed": "Seed of the split, dropout and the data order, in [0, 2**32). Default 42.",
     "num_train_epochs": "Passes over the training texts (TrainingArguments). Default 3.",
@@ -42,10 +64,37 @@ SPEC_FIELDS: dict[str, str] = {
     "learning_rate": "Peak learning rate (TrainingArguments). Default 5e-4.",
     "eval_strategy": "'steps' or 'epoch' (TrainingArguments). Default 'steps'.",
     "eval_steps": "Steps between evaluations when eval_strategy is 'steps'. Default 10.",
-    "save_strategy": "'steps' or 'epoch' (TrainingArguments). Default 'steps'.",
-    "save_steps": "Steps between checkpoints when save_strategy is 'steps'. Default 10.",
+    "save_strategy": (
+        "'steps' or 'epoch' (TrainingArguments); must equal eval_strategy, as"
+        " load_best_model_at_end requires. Default 'steps'."
+    ),
+    "save_steps": (
+        "Steps between checkpoints when save_strategy is 'steps'; a multiple of eval_steps."
+        " Default 10."
+    ),
     "save_total_limit": "Checkpoints kept after rotation, or None to keep all. Default None.",
     "logging_steps": "Steps between train_log entries (TrainingArguments). Default 5.",
+    "follow_scorer": (
+        "Close the loop: at each evaluation the pod's callback waits (at most decision_timeout_s)"
+        " for the scorer's decision and gives the Trainer the composite score as"
+        " eval_checkpoint_score. Default true."
+    ),
+    "decision_timeout_s": (
+        "Longest wait for one evaluation's decision, in seconds; a late decision counts as"
+        " +inf for the Trainer (the row still picks correctly). Default 10.0."
+    ),
+    "metric_for_best_model": (
+        "Metric that picks the checkpoint rotation keeps, load_best_model_at_end loads and"
+        " early stopping watches (TrainingArguments). Default 'checkpoint_score', the composite"
+        " (lower is better), which needs follow_scorer; 'eval_loss' when follow_scorer is false."
+        " For other metrics greater_is_better follows Hugging Face: false iff the name ends in"
+        " 'loss'."
+    ),
+    "early_stopping_patience": (
+        "Stop after this many evaluations in a row without improvement of"
+        " metric_for_best_model (EarlyStoppingCallback), or None not to stop early."
+        " Default None."
+    ),
 }
 """What each spec field means; `validate_spec` accepts exactly these names."""
 
@@ -66,9 +115,14 @@ SPEC_DEFAULTS: dict[str, Any] = {
     "save_steps": 10,
     "save_total_limit": None,
     "logging_steps": 5,
+    "follow_scorer": True,
+    "decision_timeout_s": 10.0,
+    "metric_for_best_model": COMPOSITE_METRIC,
+    "early_stopping_patience": None,
 }
 
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+METRIC_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 STRATEGIES = ("steps", "epoch")
 URL_TIMEOUT_S = 60.0
 
@@ -143,6 +197,32 @@ def _check_strategy(field: str, value: Any) -> str:
     return value
 
 
+def _check_bool(field: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(field, "true or false", value)
+    return value
+
+
+def _check_metric(field: str, value: Any) -> str:
+    if not isinstance(value, str) or not METRIC_PATTERN.fullmatch(value):
+        raise _fail(field, "a metric name such as 'checkpoint_score' or 'eval_loss'", value)
+    return value
+
+
+def is_composite_metric(metric: str | None) -> bool:
+    """Return True when `metric` names the composite score (with or without `eval_`)."""
+    return metric is not None and metric.removeprefix("eval_") == COMPOSITE_METRIC
+
+
+def follows_scorer(callback: Any) -> bool:
+    """Return True when a Trainer callback puts `eval_checkpoint_score` into the metrics.
+
+    `producer.CheckpointEventsCallback(follow_scorer=True)` does. This module must not import
+    `producer`, so it asks the attribute rather than the type.
+    """
+    return getattr(callback, "follow_scorer", False) is True
+
+
 _CHECKS = {
     "job_id": _check_job_id,
     "model": _check_text,
@@ -160,7 +240,35 @@ _CHECKS = {
     "save_steps": _check_positive_int,
     "save_total_limit": _check_optional_positive_int,
     "logging_steps": _check_positive_int,
+    "follow_scorer": _check_bool,
+    "decision_timeout_s": _check_positive_number,
+    "metric_for_best_model": _check_metric,
+    "early_stopping_patience": _check_optional_positive_int,
 }
+
+
+def _check_together(spec: dict, given: dict) -> None:
+    # load_best_model_at_end (always on) needs every evaluation to have a checkpoint; Hugging
+    # Face would refuse the arguments later with a message that names no spec field.
+    if spec["save_strategy"] != spec["eval_strategy"]:
+        raise SpecError(
+            f"spec field 'save_strategy': expected the eval_strategy {spec['eval_strategy']!r}"
+            f" (load_best_model_at_end needs a checkpoint at every evaluation), got"
+            f" {spec['save_strategy']!r}"
+        )
+    if spec["save_strategy"] == "steps" and spec["save_steps"] % spec["eval_steps"]:
+        raise SpecError(
+            f"spec field 'save_steps': expected a multiple of eval_steps {spec['eval_steps']}"
+            f" (load_best_model_at_end), got {spec['save_steps']!r}"
+        )
+    if not spec["follow_scorer"] and is_composite_metric(spec["metric_for_best_model"]):
+        if "metric_for_best_model" in given:
+            raise SpecError(
+                "spec field 'metric_for_best_model': the composite 'checkpoint_score' needs"
+                " follow_scorer true; set follow_scorer or another metric such as 'eval_loss'"
+            )
+        # Without the loop there is no composite in the metrics: Hugging Face's own default.
+        spec["metric_for_best_model"] = FALLBACK_METRIC
 
 
 def validate_spec(spec: dict) -> dict:
@@ -173,8 +281,10 @@ def validate_spec(spec: dict) -> dict:
         A new dict holding every field of `SPEC_FIELDS`, defaults filled in.
 
     Raises:
-        SpecError: If `spec` is not a dict, has unknown fields, misses a required field or holds
-            a bad value. The message names the field.
+        SpecError: If `spec` is not a dict, has unknown fields, misses a required field, holds
+            a bad value, or its fields disagree (save_strategy and eval_strategy differ,
+            save_steps is not a multiple of eval_steps, the composite metric without
+            follow_scorer). The message names the field.
     """
     if not isinstance(spec, dict):
         raise SpecError(f"spec must be a dict, got {type(spec).__name__}")
@@ -186,6 +296,7 @@ def validate_spec(spec: dict) -> dict:
         if field not in spec and default is REQUIRED:
             raise SpecError(f"spec field {field!r} is required: {SPEC_FIELDS[field]}")
         normalised[field] = _CHECKS[field](field, spec.get(field, default))
+    _check_together(normalised, spec)
     return normalised
 
 
@@ -322,16 +433,22 @@ def load_tokenizer(model: str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def training_arguments(spec: dict) -> TrainingArguments:
+def training_arguments(
+    spec: dict, *, metric_for_best_model: str | None = None
+) -> TrainingArguments:
     """Build TrainingArguments from a validated spec.
 
     Args:
         spec: Output of `validate_spec`.
+        metric_for_best_model: Overrides the spec's metric (`build_trainer` passes
+            `FALLBACK_METRIC` when no callback provides the composite).
 
     Returns:
-        Arguments that log, evaluate and save as the spec says, report to no integration and run
+        Arguments that log, evaluate and save as the spec says, keep and load the best
+        checkpoint by the metric (`load_best_model_at_end`), report to no integration and run
         on CPU when no CUDA device is present.
     """
+    metric = metric_for_best_model or spec["metric_for_best_model"]
     return TrainingArguments(
         output_dir=spec["output_dir"],
         num_train_epochs=spec["num_train_epochs"],
@@ -343,6 +460,12 @@ def training_arguments(spec: dict) -> TrainingArguments:
         save_strategy=spec["save_strategy"],
         save_steps=spec["save_steps"],
         save_total_limit=spec["save_total_limit"],
+        # Rotation keeps, and the end loads, the best checkpoint by this metric.
+        load_best_model_at_end=True,
+        metric_for_best_model=metric,
+        # The composite is lower-is-better; for any other metric None lets Hugging Face apply
+        # its own rule (greater is better unless the name ends in "loss").
+        greater_is_better=False if is_composite_metric(metric) else None,
         logging_strategy="steps",
         logging_steps=spec["logging_steps"],
         seed=spec["seed"],
@@ -358,6 +481,11 @@ def training_arguments(spec: dict) -> TrainingArguments:
 def build_trainer(spec: dict, callbacks: list[TrainerCallback]) -> Trainer:
     """Build a Trainer for a spec: load model and data, split, tokenise.
 
+    The Trainer picks its best checkpoint by the spec's `metric_for_best_model`. The composite
+    exists only when one of `callbacks` follows the scorer (see `follows_scorer`); without
+    one, the Trainer falls back to `eval_loss` with a warning, as Hugging Face alone would.
+    With `early_stopping_patience` set, an `EarlyStoppingCallback` is added after `callbacks`.
+
     Args:
         spec: A training spec; validated here.
         callbacks: Trainer callbacks, e.g. `CheckpointEventsCallback`; may be empty.
@@ -370,6 +498,20 @@ def build_trainer(spec: dict, callbacks: list[TrainerCallback]) -> Trainer:
         DatasetError: If the data set is unreadable, malformed or has fewer than two texts.
     """
     spec = validate_spec(spec)
+    callbacks = list(callbacks)
+    metric = spec["metric_for_best_model"]
+    if is_composite_metric(metric) and not any(map(follows_scorer, callbacks)):
+        # Hugging Face raises KeyError at the first evaluation when the metric is missing.
+        logger.warning(
+            "no callback follows the scorer, so there is no %r: the Trainer picks by %r",
+            COMPOSITE_METRIC,
+            FALLBACK_METRIC,
+        )
+        metric = FALLBACK_METRIC
+    if spec["early_stopping_patience"] is not None:
+        callbacks.append(
+            EarlyStoppingCallback(early_stopping_patience=spec["early_stopping_patience"])
+        )
     tokenizer = load_tokenizer(spec["model"])
     model = AutoModelForCausalLM.from_pretrained(spec["model"])
     train_texts, eval_texts = split_texts(
@@ -377,21 +519,48 @@ def build_trainer(spec: dict, callbacks: list[TrainerCallback]) -> Trainer:
     )
     return Trainer(
         model=model,
-        args=training_arguments(spec),
+        args=training_arguments(spec, metric_for_best_model=metric),
         data_collator=default_data_collator,
         train_dataset=tokenize_blocks(train_texts, tokenizer, spec["max_length"]),
         eval_dataset=tokenize_blocks(eval_texts, tokenizer, spec["max_length"]),
         processing_class=tokenizer,
-        callbacks=list(callbacks),
+        callbacks=callbacks,
     )
 
 
-def run_training(spec: dict, callbacks: list[TrainerCallback]) -> None:
-    """Validate a spec, seed everything and train to the end.
+def save_best_model(trainer: Trainer) -> Path:
+    """Save the Trainer's current model to `<output_dir>/best`, where the platform deploys from.
+
+    Call it after `train()`: with `load_best_model_at_end` the current model is the best
+    checkpoint's. Every rank must call it (sharded models gather their weights); rank zero
+    writes.
+
+    Args:
+        trainer: A trained Trainer.
+
+    Returns:
+        The folder: weights and config, the tokenizer, `training_args.bin`, and
+        `trainer_state.json` whose `best_model_checkpoint` names the checkpoint it holds
+        (null when no evaluation improved the metric: the folder then holds the final model).
+    """
+    target = Path(trainer.args.output_dir) / BEST_DIR
+    trainer.save_model(str(target))  # the tokenizer too: it is the Trainer's processing_class
+    if trainer.is_world_process_zero():
+        # Checkpoint folders carry their trainer_state.json; save_model writes none.
+        trainer.state.save_to_json(str(target / "trainer_state.json"))
+    return target
+
+
+def run_training(spec: dict, callbacks: list[TrainerCallback]) -> Trainer:
+    """Validate a spec, seed everything, train to the end and save the best model.
 
     Args:
         spec: A training spec; see `SPEC_FIELDS`.
         callbacks: Trainer callbacks, e.g. `CheckpointEventsCallback`; may be empty.
+
+    Returns:
+        The trained Trainer, holding the best model; it is saved to `<output_dir>/best`
+        (see `save_best_model`).
 
     Raises:
         SpecError: If the spec is invalid.
@@ -400,4 +569,7 @@ def run_training(spec: dict, callbacks: list[TrainerCallback]) -> None:
     spec = validate_spec(spec)
     # Seed before the model is built: dropout and any newly initialised weights draw from it.
     set_seed(spec["seed"])
-    build_trainer(spec, callbacks).train()
+    trainer = build_trainer(spec, callbacks)
+    trainer.train()
+    save_best_model(trainer)
+    return trainer
