@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote
 
 MASK = "***"
 MIN_SECRET_CHARS = 4  # a shorter "secret" would blank out ordinary words
@@ -59,12 +59,9 @@ def redact_value(value: object, secrets: Iterable[str | None] = ()) -> object:
 
 
 def mask_url(url: str) -> str:
-    """Return ``url`` with its password (if any) replaced by ``***``."""
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", f":{MASK}@")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    """Hide a URL's credentials: its whole ``user:password@`` part and ``password=`` values."""
+    url = re.sub(r"//[^/@]*@", f"//{MASK}@", url)
+    return re.sub(r"(?i)(password=)[^&]*", rf"\1{MASK}", url)
 
 
 def terminal_safe(text: str, keep_newlines: bool = True) -> str:

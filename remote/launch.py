@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
+from producer.redaction import MASK
+from producer.redaction import redact as mask
+
 from .bootstrap import SCRIPT_ENV, encode_script, start_args
-from .masking import MASK, mask
 from .runpod import DEFAULT_API_URL, RunPodClient, RunPodError
 
 PLACEMENT_REFUSED = (400, 403)

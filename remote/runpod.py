@@ -28,7 +28,7 @@ import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 from tenacity.stop import stop_base
 
-from .masking import mask
+from producer.redaction import redact as mask
 
 DEFAULT_API_URL = "https://api.runpod.io/v2"
 API_URL_ENV = "RUNPOD_API_URL"
