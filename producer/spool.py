@@ -4,10 +4,15 @@ The spool keeps delivery order across Redis outages and process restarts: events
 appended as JSON lines, and a side file records how many bytes were already delivered, so a
 crash between delivery and bookkeeping re-sends (at least once) and never skips.
 Standard library only.
+
+A damaged side file (not a number, beyond the end, inside a line) is read as 0: the whole
+spool is sent again, which at-least-once delivery allows, rather than events skipped.
+:meth:`Spool.problems` says what is wrong with a spool, for ``ckpt-pipeline spool flush``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from pathlib import Path
@@ -63,15 +68,18 @@ class Spool:
                 return [], 0
             offset = self._read_offset()
             events: list[str] = []
-            with open(self.path, encoding="utf-8") as handle:
+            # Bytes, not text: offsets are byte counts, and a damaged line must not stop the
+            # delivery of the lines after it (it is sent as is; the scorer dead-letters it).
+            with open(self.path, "rb") as handle:
                 handle.seek(offset)
                 while len(events) < max_events:
                     line = handle.readline()
-                    if not line.endswith("\n"):
+                    if not line.endswith(b"\n"):
                         break  # a torn last line from a crash mid-append is left unread
-                    offset += len(line.encode("utf-8"))
-                    if line.strip():
-                        events.append(line.rstrip("\n"))
+                    offset += len(line)
+                    text = line.decode("utf-8", errors="replace").rstrip("\n")
+                    if text.strip():
+                        events.append(text)
             return events, offset
 
     def mark_delivered(self, offset: int) -> None:
@@ -107,11 +115,68 @@ class Spool:
                 keep -= step
             handle.truncate(keep)
 
-    def _read_offset(self) -> int:
+    def offset_problem(self) -> str | None:
+        """Say why the side file is ignored (the spool is then sent again from its start)."""
+        with self._lock:
+            return self._checked_offset()[1]
+
+    def damage(self, max_problems: int = 3) -> list[str]:
+        """Describe the spool's damaged lines (empty when there are none), reading all of it.
+
+        A complete line that is not UTF-8 JSON object text is damage: a spool holds only
+        encoded events. A torn last line is not (a crash mid-append leaves one).
+        """
+        found: list[str] = []
         try:
-            return int(self._offset_path.read_text(encoding="ascii") or 0)
-        except (FileNotFoundError, ValueError):
-            return 0
+            with open(self.path, "rb") as handle:
+                for number, line in enumerate(handle, start=1):
+                    if len(found) >= max_problems:
+                        break
+                    if line.endswith(b"\n") and line.strip() and not _is_event_text(line):
+                        found.append(f"{self.path}: line {number} is not an encoded event")
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            found.append(f"cannot read {self.path}: {exc.strerror or exc}")
+        return found
+
+    def _read_offset(self) -> int:
+        return self._checked_offset()[0]
+
+    def _checked_offset(self) -> tuple[int, str | None]:
+        # Returns the offset to use and, when the side file had to be ignored, why.
+        try:
+            raw = self._offset_path.read_bytes()
+        except FileNotFoundError:
+            return 0, None
+        except OSError as exc:
+            return 0, f"cannot read {self._offset_path}: {exc.strerror or exc}"
+        text = raw.decode("ascii", errors="replace").strip()
+        if not text.isascii() or not text.isdigit():
+            return 0, f"{self._offset_path} holds {text[:20]!r}, not a byte offset"
+        offset = int(text)
+        if offset == 0:
+            return 0, None
+        try:
+            size = self.path.stat().st_size
+            with open(self.path, "rb") as handle:
+                handle.seek(offset - 1)
+                at_line_start = offset <= size and handle.read(1) == b"\n"
+        except FileNotFoundError:
+            return 0, None  # no spool: nothing to deliver, and append() drops the side file
+        except OSError as exc:
+            return 0, f"cannot read {self.path}: {exc.strerror or exc}"
+        if not at_line_start:
+            where = "beyond the end" if offset > size else "inside a line"
+            return 0, f"{self._offset_path} says {offset}, {where} of {self.path} ({size} bytes)"
+        return offset, None
+
+
+def _is_event_text(line: bytes) -> bool:
+    try:
+        return isinstance(json.loads(line.decode("utf-8")), dict)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return False
 
 
 def spool_files(directory: str | os.PathLike[str]) -> list[tuple[str, Path]]:

@@ -71,6 +71,28 @@ def connect(settings: Settings, *, ride_out_outages: bool = False) -> redis.Redi
     )
 
 
+PROBE_TIMEOUT_S = 2.0
+
+
+def probe(settings: Settings, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """PING ``settings.redis_url`` once, with no retry and at most ``timeout_s`` per step.
+
+    For commands that would otherwise wait silently through an outage (``work --burst``
+    rides it out for ``redis_retry_s``): they say at once that Redis is not there.
+
+    Raises:
+        redis.ConnectionError: Redis refused the connection or did not accept it in time.
+        redis.TimeoutError: Redis accepted the connection but did not answer in time.
+    """
+    client = redis.Redis.from_url(
+        settings.redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+    )
+    try:
+        client.ping()
+    finally:
+        client.close()
+
+
 def task_connection(settings: Settings) -> Any:
     """Return the connection of the RQ job being executed, or a new one outside a worker."""
     job = get_current_job()

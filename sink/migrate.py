@@ -24,6 +24,7 @@ from pathlib import Path
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from scorer_worker.errors import PipelineError
 from sink.writers.base import mask_url, redact
@@ -41,6 +42,7 @@ _CONCURRENT_INDEX = re.compile(
     re.IGNORECASE,
 )
 _DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*)?\$")
+POSTGRES_URL_PREFIXES = ("postgresql://", "postgres://")
 
 
 class MigrationError(PipelineError):
@@ -88,6 +90,46 @@ def load_migrations(directory: str | Path = MIGRATIONS_DIR) -> list[Migration]:
     return migrations
 
 
+def check_database_url(database_url: str) -> None:
+    """Refuse a URL that does not name its server and database, before anything connects.
+
+    libpq fills whatever a URL leaves out from ``PG*`` variables and its defaults: an empty
+    URL (``migrate "$DATABASE_URL"`` with the variable unset) or ``postgresql:///db`` reaches
+    the machine's own PostgreSQL, which is never the database the operator meant to migrate.
+
+    Raises:
+        MigrationError: the URL is empty, not a ``postgresql://`` URL, or names no host or
+            no database. The message holds no password.
+    """
+    url = database_url.strip()
+    if not url:
+        raise MigrationError(
+            "DATABASE_URL is empty (is the variable set?): give "
+            "postgresql://user:password@host:port/database"
+        )
+    if not url.startswith(POSTGRES_URL_PREFIXES):
+        raise MigrationError(
+            f"{mask_url(url)!r} is not a PostgreSQL URL: give "
+            "postgresql://user:password@host:port/database"
+        )
+    try:
+        parts = conninfo_to_dict(url)
+    except psycopg.Error:
+        raise MigrationError(f"{mask_url(url)!r} is not a valid PostgreSQL URL") from None
+    hosts = str(parts.get("host") or parts.get("hostaddr") or "")
+    # "h1,,h2" has an empty member, which libpq also fills with its default host.
+    if not hosts or not all(host.strip() for host in hosts.split(",")):
+        raise MigrationError(
+            f"{mask_url(url)!r} names no host: libpq would fall back to its defaults "
+            "(this machine's PostgreSQL); give postgresql://user:password@host:port/database"
+        )
+    if not parts.get("dbname"):
+        raise MigrationError(
+            f"{mask_url(url)!r} names no database: give "
+            "postgresql://user:password@host:port/database"
+        )
+
+
 def run_migrations(
     database_url: str,
     *,
@@ -107,10 +149,12 @@ def run_migrations(
         The names of the files applied by this run (empty when the schema is current).
 
     Raises:
-        MigrationError: a recorded file's checksum changed, a statement failed, a lock was
+        MigrationError: the URL names no host or database (see :func:`check_database_url`),
+            a recorded file's checksum changed, a statement failed, a lock was
             not granted in time or the database is unreachable. A transactional file that
             fails leaves nothing behind; the message holds no password.
     """
+    check_database_url(database_url)
     migrations = load_migrations(directory)
     secrets = url_secrets(database_url)
     with _errors_as_migration_error("connecting to " + mask_url(database_url), secrets):

@@ -1,13 +1,19 @@
 """Sink writers: choosing one from the settings, and writing with retries.
 
-``CKPT_SINK`` selects the writer: ``sqlite:///abs/path.db`` (embedded default), ``supabase``
-(with ``SUPABASE_URL`` and ``SUPABASE_SERVICE_ROLE_KEY``), or ``postgresql://...``.
+``CKPT_SINK`` selects the writer: a SQLite file (embedded default), ``supabase`` (with
+``SUPABASE_URL`` and ``SUPABASE_SERVICE_ROLE_KEY``), or ``postgresql://...``.
+
+SQLite URLs follow SQLAlchemy's convention: three slashes then the path, so
+``sqlite:///relative.db`` is ``relative.db`` in the working folder (made absolute when the
+writer is built) and ``sqlite:////abs/path.db`` is ``/abs/path.db``.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
@@ -21,8 +27,11 @@ from .sqlite import SqliteWriter
 __all__ = ["WriteOutcome", "Writer", "retrying_write", "writer_from_settings"]
 
 SQLITE_PREFIX = "sqlite://"
+SQLITE_PATH_PREFIX = "sqlite:///"  # then the path: relative.db, or /abs/path.db
 POSTGRES_PREFIXES = ("postgresql://", "postgres://")
-ACCEPTED_FORMS = "sqlite:///abs/path.db, supabase, postgresql://user:pass@host/db"
+ACCEPTED_FORMS = (
+    "sqlite:///relative.db, sqlite:////abs/path.db, supabase, postgresql://user:pass@host/db"
+)
 # First wait of the backoff; later waits grow exponentially up to max_wait_s, with full
 # jitter so that many workers failing together do not retry together.
 FIRST_WAIT_S = 0.5
@@ -90,13 +99,36 @@ def retrying_write(
     return retrying(writer.write, job_id, token, row, metrics)
 
 
-def _sqlite_writer(url: str) -> Writer:
-    path = url[len(SQLITE_PREFIX) :]
-    if not path.startswith("/"):
+def sqlite_path(url: str) -> Path:
+    """Return the file a ``sqlite:///...`` URL names, made absolute against the working folder.
+
+    Raises:
+        ConfigError: the URL has no path, or not three slashes (``sqlite://x.db`` would name a
+            host in SQLAlchemy's convention, which SQLite has not).
+    """
+    if not url.startswith(SQLITE_PATH_PREFIX) or not url[len(SQLITE_PATH_PREFIX) :].strip():
         raise ConfigError(
-            f"CKPT_SINK={mask_url(url)!r}: use sqlite:///abs/path.db (an absolute path)"
+            f"CKPT_SINK={mask_url(url)!r}: use sqlite:///relative/path.db (relative to the "
+            "working folder) or sqlite:////absolute/path.db"
         )
+    # Absolute now: a worker that changes its working folder later still writes this file.
+    return Path(os.path.abspath(url[len(SQLITE_PATH_PREFIX) :]))
+
+
+def _sqlite_writer(url: str) -> Writer:
+    path = sqlite_path(url)
     writer = SqliteWriter(path)
+    if not path.exists():
+        # Created by the first write: a read-only command (status) must not create it. A
+        # folder that is missing is still a configuration error, found now.
+        if not path.parent.is_dir():
+            # Most likely an absolute path written with three slashes (the old documented form)
+            raise ConfigError(
+                f"CKPT_SINK: the folder of the SQLite file {path} does not exist (sqlite:/// "
+                "is followed by a path relative to the working folder; an absolute path takes "
+                "four slashes: sqlite:////abs/path.db)"
+            )
+        return writer
     try:
         writer.ensure_schema()
     except PermanentSinkError as exc:

@@ -1,7 +1,10 @@
-"""The embedded default sink: one SQLite file (``CKPT_SINK=sqlite:///abs/path.db``).
+"""The embedded default sink: one SQLite file (``CKPT_SINK=sqlite:////abs/path.db``).
 
 Each operation opens its own connection: cheap for SQLite, and safe across threads and the
 fork of an RQ work horse, where a shared connection is not.
+
+The file is created by the first write, not by reading: the read-only ``status`` of a sink
+that does not exist yet finds no row and leaves no file behind.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ class SqliteWriter:
     """Writes job rows and metric rows to a SQLite file.
 
     Args:
-        path: the database file; created by ``ensure_schema`` if missing.
+        path: the database file; created by ``ensure_schema`` (or the first write) if missing.
         timeout_s: how long to wait for another process's write lock before failing with
             TransientSinkError.
     """
@@ -65,6 +68,7 @@ class SqliteWriter:
         self.timeout_s = timeout_s
         self._update_sql = guarded_update_sql(lambda name: f":{name}", quote_ident)
         self._conn: sqlite3.Connection | None = None
+        self._schema_ready = False
 
     def ensure_schema(self) -> None:
         """Create both tables if missing and add any row-model column an older file lacks.
@@ -82,6 +86,12 @@ class SqliteWriter:
                 conn.execute(_create_metrics_sql())
                 _add_missing_columns(conn, JOBS_TABLE, JOB_COLUMNS)
                 _add_missing_columns(conn, METRICS_TABLE, METRIC_COLUMNS)
+        self._schema_ready = True
+
+    def _ensure_schema_once(self) -> None:
+        # Writes create the file and its tables if nothing did before (see the module note).
+        if not self._schema_ready:
+            self.ensure_schema()
 
     def create_job(self, job_id: str, job_token: str, model_name: str = "demo") -> bool:
         """Insert the ``pending`` row the platform would create.
@@ -93,6 +103,7 @@ class SqliteWriter:
             PermanentSinkError: the row exists with another token (never shown).
             TransientSinkError: the file is locked by another writer.
         """
+        self._ensure_schema_once()
         with self._connect() as conn, _transaction(conn):
             if _row_exists(conn, job_id, job_token):
                 return False
@@ -105,11 +116,31 @@ class SqliteWriter:
             )
             return True
 
+    def delete_pending_job(self, job_id: str, job_token: str) -> bool:
+        """Delete a row :meth:`create_job` inserted, unless the sink has written it since.
+
+        It undoes a registration that failed half-way (``register --create-row`` when Redis
+        refuses the registration), so a refused command leaves nothing behind.
+
+        Returns:
+            True if a row was deleted.
+        """
+        if not self.path.exists():
+            return False
+        with self._connect() as conn, _transaction(conn):
+            deleted = conn.execute(
+                f"DELETE FROM {JOBS_TABLE} WHERE id = ? AND job_token = ? "
+                "AND status = 'pending' AND scoring_version IS NULL",
+                (job_id, job_token),
+            )
+            return deleted.rowcount > 0
+
     def write(
         self, job_id: str, job_token: str, row: dict[str, Any], metrics: list[dict[str, Any]]
     ) -> WriteOutcome:
         """Write the row and its metric rows in one transaction; see ``base.Writer.write``."""
         check_write_args(job_id, row, metrics)
+        self._ensure_schema_once()
         params = guarded_update_params(job_id, job_token, _encode_json(row))
         with self._connect() as conn, _transaction(conn):
             if conn.execute(self._update_sql, params).rowcount == 0:
@@ -123,6 +154,8 @@ class SqliteWriter:
 
     def read_job(self, job_id: str) -> dict[str, Any] | None:
         """Return the row without ``job_token`` (jsonb decoded), or None if absent."""
+        if not self._schema_ready and not self.path.exists():
+            return None  # reading must not create the file
         columns = ", ".join(quote_ident(name) for name in READ_COLUMNS)
         with self._connect() as conn:
             found = conn.execute(
@@ -132,6 +165,8 @@ class SqliteWriter:
 
     def read_metrics(self, job_id: str) -> list[dict[str, Any]]:
         """Return the job's metric rows ordered by step."""
+        if not self._schema_ready and not self.path.exists():
+            return []  # reading must not create the file
         columns = ", ".join(quote_ident(name) for name in METRIC_COLUMN_NAMES)
         with self._connect() as conn:
             found = conn.execute(
