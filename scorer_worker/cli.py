@@ -289,7 +289,9 @@ def work(burst: bool) -> None:
             f"{settings.redis_retry_s:g} s (CKPT_REDIS_RETRY_S)",
             err=True,
         )
-    passes = run_all_in_one(_redis(settings, ride_out_outages=True), settings, burst=burst)
+    redis = _redis(settings, ride_out_outages=True)
+    lifecycle = _pod_lifecycle(redis, background=not burst)  # on_end, as the pump applies it
+    passes = run_all_in_one(redis, settings, burst=burst, after_pass=lifecycle)
     if burst:
         click.echo(f"work: idle after {passes} passes")
 

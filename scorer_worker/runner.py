@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from rq import Queue, SimpleWorker
@@ -21,19 +22,25 @@ log = logging.getLogger(__name__)
 
 
 def run_all_in_one(
-    redis: Any, settings: Settings, *, burst: bool = False, stop: threading.Event | None = None
+    redis: Any,
+    settings: Settings,
+    *,
+    burst: bool = False,
+    stop: threading.Event | None = None,
+    after_pass: Callable[[Callable[[str], bool]], object] | None = None,
 ) -> int:
     """Alternate pump passes with burst runs of a worker on queues ``scoring`` and ``sink``.
 
     The worker is a ``SimpleWorker`` (no fork per task), which is what makes one process
     enough. With ``burst`` it returns once a pass finds nothing behind and both queues are
-    empty.
+    empty. ``after_pass`` is handed to the :class:`Pump` (the command line composes the RunPod
+    pod lifecycle into it, as in ``ckpt-pipeline pump``).
 
     Returns:
         The number of pump passes made.
     """
     stop = stop or threading.Event()
-    pump = Pump(redis, settings)
+    pump = Pump(redis, settings, after_pass=after_pass)
     queues = [Queue(keys.SCORING_QUEUE, connection=redis), Queue(keys.SINK_QUEUE, connection=redis)]
     try:
         return _loop(pump, queues, redis, settings, burst, stop)

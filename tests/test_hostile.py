@@ -356,3 +356,24 @@ def test_a_full_redis_makes_the_producer_spool_and_the_drain_wait_uncommitted(tm
         assert sorted(load_state(client, "full").evals) == [10, 20]
     finally:
         server.stop()
+
+
+def test_work_stops_on_the_first_sigterm(redis_client, pipeline_env):
+    import signal
+    import time
+
+    register_job(redis_client, "term", TOKEN)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "scorer_worker.cli", "work"], env=dict(os.environ)
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            redis_client.xadd(keys.events("term"), {"event": evaluation("term", 10, 1.0)})
+            if load_state(redis_client, "term").version:
+                break  # it is running: a drain committed
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+    finally:
+        process.kill()
