@@ -69,13 +69,29 @@ def _loop(
             # Idle, or a task marker from a lost task still has to expire: wait a pass.
             stop.wait(settings.pump_interval_ms / 1000)
             continue
-        worker = SimpleWorker(queues, connection=redis)
+        worker = _BurstWorker(queues, connection=redis)
         worker.log.setLevel(logging.WARNING)
         worker.work(burst=True, logging_level="WARNING")
-        if worker._stop_requested:  # SIGTERM/SIGINT during a task: rq finished it, now stop
+        # SIGTERM/SIGINT during a task (rq finished it) or while it waited (rq returned
+        # quietly, without _stop_requested): stop either way.
+        if worker._stop_requested or worker._shutdown_requested_date is not None:
             stop.set()
         _stop_on_signals(stop)  # the worker replaced our handlers with its own
     return passes
+
+
+class _BurstWorker(SimpleWorker):
+    """A ``SimpleWorker`` for one burst, without rq's command channel (pub/sub).
+
+    Closing that channel waits up to a second per burst, during which the pump does not run;
+    a worker in this process needs no remote commands.
+    """
+
+    def subscribe(self) -> None:
+        """Skip rq's pub/sub command channel."""
+
+    def unsubscribe(self) -> None:
+        """Nothing to close."""
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
