@@ -30,7 +30,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import callback, fanout, history, latency, memory, throughput, training, writes
+from . import (
+    callback,
+    decision,
+    fanout,
+    history,
+    latency,
+    memory,
+    throughput,
+    training,
+    writes,
+)
 from .common import DEFAULT_WORKER_CLASS, REPO, Context, Figure, fmt
 
 NOTES_FILE = Path(__file__).with_name("where_the_time_goes.md")
@@ -51,6 +61,8 @@ GROUPS = (
     Group("training", training.NAMES, training.sizes, training.run),
     Group("throughput", throughput.NAMES, throughput.sizes, throughput.run),
     Group("latency", latency.NAMES, latency.sizes, latency.run),
+    # The closed loop's wait: the latency group's load again, pods reading their decisions.
+    Group("decision", decision.NAMES, decision.sizes, decision.run),
     Group("history", history.NAMES, history.sizes, history.run),
     Group("writes", writes.NAMES, writes.sizes, writes.run),
     Group("redis_memory", memory.REDIS_NAMES, memory.redis_sizes, memory.run_redis_memory),

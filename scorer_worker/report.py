@@ -1,16 +1,16 @@
-"""Text tables of a decision and a row (demo and status output)."""
+"""Text tables of a decision, a row and the demo's two runs (demo output)."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
-from .ranking import Decision
+from .ranking import Decision, ScoredEval
 
 ROW_FIELDS = (
-    "status", "current_step", "progress", "loss", "eval_loss", "best_eval_loss", "best_step",
-    "best_checkpoint_path", "best_checkpoint_score", "best_checkpoint_step",
-    "epochs_without_improvement", "loss_trend", "scoring_version",
+    "status", "current_step", "progress", "loss", "eval_loss", "best_eval_loss", "best_epoch",
+    "best_step", "best_checkpoint_path", "best_checkpoint_score", "best_checkpoint_step",
+    "best_checkpoint_epoch", "epochs_without_improvement", "loss_trend", "scoring_version",
 )  # fmt: skip
 
 
@@ -64,10 +64,81 @@ def format_picks(decision: Decision) -> str:
 
 
 def format_row(row: dict[str, Any]) -> str:
-    """Return the main columns of a ``local_training_jobs`` row."""
+    """Return the main columns of a ``local_training_jobs`` row and its eval-loss-only pick.
+
+    The ``best_*`` columns all describe the multi-metric pick; the pick by eval loss alone
+    is kept for comparison in ``best_score_breakdown.eval_loss_pick``.
+    """
     lines = ["Final row in local_training_jobs"]
     lines += [f"  {name:<27} {row.get(name)}" for name in ROW_FIELDS]
+    pick = (row.get("best_score_breakdown") or {}).get("eval_loss_pick")
+    if pick:
+        lines.append(
+            f"  {'best_score_breakdown.eval_loss_pick':<27} step {pick.get('step')}, "
+            f"epoch {_num(pick.get('epoch'), 2)}, eval_loss {_num(pick.get('eval_loss'))}, "
+            f"score {_num(pick.get('score'))}"
+        )
+    same = row.get("best_step") is not None and row.get("best_step") == row.get(
+        "best_checkpoint_step"
+    )
+    lines.append(
+        "  best_step == best_checkpoint_step: the best_* columns name one checkpoint"
+        if same
+        else "  best_step != best_checkpoint_step: the best_* columns name different checkpoints"
+    )
     return "\n".join(lines)
+
+
+def format_side_by_side(control: Any, loop: Any, best: ScoredEval | None) -> str:
+    """Return what each demo run kept on disk, loaded and stopped at, side by side.
+
+    Args:
+        control: the run of Hugging Face alone (a ``demo.RunResult``).
+        loop: the run with the loop (a ``demo.RunResult``).
+        best: the composite best of the loop's evaluations, folders aside.
+    """
+    wanted = f"checkpoint-{best.step}" if best else None
+    rows = [
+        ("picks by", *(f"metric_for_best_model={r.metric!r}" for r in (control, loop))),
+        ("kept on disk", *(", ".join(r.kept) or "-" for r in (control, loop))),
+        ("loaded at the end", *(_loaded(r) for r in (control, loop))),
+        ("stopped at", *(f"step {r.stopped_at_step} of {r.max_steps}" for r in (control, loop))),
+        ("training time", *(f"{r.seconds:.1f} s" for r in (control, loop))),
+        ("row's best checkpoint", *(_row_pick(r.row) for r in (control, loop))),
+    ]
+    if wanted:
+        rows.insert(
+            2,
+            (f"{wanted} on disk", *(_yes_no(wanted in r.kept) for r in (control, loop))),
+        )
+    width = max(len(label) for label, *_ in rows) + 3  # 3+ spaces split the columns
+    column = max(len(text) for _, text, _ in rows) + 3
+    title = (
+        f"What the loop changes: the same model, data and seed, save_total_limit=2, "
+        f"early stopping; the multi-metric best is {wanted or 'none'}"
+    )
+    lines = [title, f"  {'':<{width}}{control.label:<{column}}{loop.label}"]
+    lines += [f"  {label:<{width}}{left:<{column}}{right}" for label, left, right in rows]
+    return "\n".join(lines)
+
+
+def _loaded(run: Any) -> str:
+    if run.loaded is None:
+        return "the last model"
+    same = {True: "final weights equal it", False: "final weights DIFFER", None: ""}
+    note = same[run.weights_match]
+    return f"{run.loaded} ({note})" if note else run.loaded
+
+
+def _row_pick(row: dict[str, Any] | None) -> str:
+    path = (row or {}).get("best_checkpoint_path")
+    if not path:
+        return "none"
+    return f"{str(path).rsplit('/', 1)[-1]} (score {_num(row.get('best_checkpoint_score'))})"
+
+
+def _yes_no(value: bool) -> str:
+    return "yes" if value else "no: rotation deleted it"
 
 
 def _num(value: float | None, digits: int = 4) -> str:
