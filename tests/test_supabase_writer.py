@@ -355,9 +355,11 @@ def test_flush_records_a_permanent_empty_result_and_never_retries_it(
     state = pipeline_state(fake, JOB)  # what `ckpt-pipeline status` shows
     assert state["sink_error_kind"] == "permanent" and message in state["sink_error"]
     assert token not in state["sink_error"]
-    assert state["lag_versions"] == 0  # not behind: nothing left to retry
+    # The version it could not write is not counted as written (issue 13): the row lags, and
+    # the version is refused, not retried.
+    assert state["lag_versions"] == state["state_version"] > 0
     assert Pump(fake, settings).run_once().flushes_enqueued == 0
-    assert flush.flush_job(fake, JOB, settings, writer=writer).outcome == "up-to-date"
+    assert flush.flush_job(fake, JOB, settings, writer=writer).outcome == "refused"
     assert server.methods().count("PATCH") == 1
 
 
