@@ -82,7 +82,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--only", metavar="NAME[,NAME]", help="Groups or figure names to run (default: all)."
     )
     parser.add_argument(
-        "--output", metavar="PATH", default="BENCHMARKS.md", help="Markdown report to write."
+        "--report",
+        "--output",
+        dest="output",
+        metavar="FILE",
+        default=None,
+        help="Write the Markdown report to FILE (e.g. BENCHMARKS.md); by default none is written.",
     )
     parser.add_argument(
         "--worker-class",
@@ -113,7 +118,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--render",
         metavar="JSON",
-        help="Run nothing: rewrite the --output report from a --json file of an earlier run "
+        help="Run nothing: rewrite the --report report from a --json file of an earlier run "
         "(e.g. after editing benchmarks/where_the_time_goes.md).",
     )
     return parser.parse_args(argv)
@@ -147,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{group.name}: {', '.join(group.names)}")
         return 0
     if args.render:
+        if not args.output:
+            raise SystemExit("--render needs --report FILE: the report to write")
         figures, meta = load_report(Path(args.render))
         Path(args.output).write_text(markdown(figures, meta), encoding="utf-8")
         print(table(figures))
@@ -203,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     meta["load_average_1min_start_end"] = loads
     print(table(figures))
     print(f"\n{'quick' if args.quick else 'full'} run: {duration:.0f} s; report {args.output}")
-    Path(args.output).write_text(markdown(figures, meta), encoding="utf-8")
+    if args.output:  # a tracked file is rewritten only when asked
+        Path(args.output).write_text(markdown(figures, meta), encoding="utf-8")
     if args.json:
         Path(args.json).write_text(json_report(figures, meta), encoding="utf-8")
     if ctx.profile_dir is not None and ctx.profile_dir.exists():
