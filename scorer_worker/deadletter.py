@@ -19,7 +19,7 @@ from producer.wire import is_valid_job_id
 from . import keys
 from .errors import PipelineError
 
-DEAD_PER_JOB_DEFAULT = 1000
+DEAD_PER_JOB_DEFAULT = 10_000
 _ENTRY_ID_RE = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 
 

@@ -42,7 +42,7 @@ class Settings:
     flush_min_interval_s: float = 1.0
     task_timeout_s: int = 120
     dead_payload_max_bytes: int = 4096
-    dead_letters_per_job: int = 1000  # each job's dead letters are capped at this many
+    dead_letters_per_job: int = 10_000  # each job's dead letters are capped at this many
     # A drain reads a stream holding more than this through a bounded script (see
     # store.read_events), so no drain loads much more, whatever a pod appended.
     drain_read_max_bytes: int = 16 * 1024 * 1024

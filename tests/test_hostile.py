@@ -79,7 +79,10 @@ def test_two_resumes_at_one_time_keep_the_same_records_in_either_order():
     assert fold([early_eval, second, first]).evals == {}  # the resume from 10 drops it
 
 
-def test_a_flood_of_junk_cannot_evict_another_jobs_dead_letters(redis_client, pipeline_env):
+def test_a_flood_of_junk_cannot_evict_another_jobs_dead_letters(
+    redis_client, pipeline_env, monkeypatch
+):
+    monkeypatch.setenv("CKPT_DEAD_LETTERS_PER_JOB", "1000")
     register_job(redis_client, "victim", "tok")
     register_job(redis_client, "flooder", "tok")
     redis_client.xadd(keys.events("victim"), {"event": '{"v": 1, "kind": "eval"'})
@@ -91,7 +94,7 @@ def test_a_flood_of_junk_cannot_evict_another_jobs_dead_letters(redis_client, pi
     listed = cli("dead", "list", "--job", "victim")
     assert listed.returncode == 0 and len(listed.stdout.splitlines()) == 1
     assert listed.stdout.startswith("victim/")
-    assert redis_client.xlen(keys.dead("flooder")) == pipeline_env.dead_letters_per_job
+    assert redis_client.xlen(keys.dead("flooder")) == 1000  # its own cap: the newest kept
     assert load_state(redis_client, "victim").dead_letters == 1
     shown = cli("dead", "show", listed.stdout.split()[0])
     assert shown.returncode == 0 and "job_id: victim" in shown.stdout
