@@ -247,7 +247,7 @@ def flood(f: Figures) -> list[str]:
         f"{_n(f['memory_bound_mb'])} MB).",
         f"- **Other jobs**: evaluation to decision lag p50 {_n(f['lag_p50_s'])} s, p99 "
         f"{_n(f['lag_p99_s'])} s over {_n(f['evals_measured'])} evaluations (target "
-        f"{_n(f['lag_target_s'])} s); converged {_n(f['converge_s'])} s after their last "
+        f"{_n(f['lag_target_s'])} s); converged {_n(f['converged_seconds'])} s after their last "
         f"event; rows differing from a run without the flooder {_n(f['rows_differing'])}, "
         f"jobs with different metric rows {_n(f['jobs_with_differing_metrics'])}. Processes "
         f"that exited: {_n(len(f['exited']))}.",
@@ -309,7 +309,7 @@ NOT_COVERED = """\
 
 METHOD = """\
 - Every experiment runs the Procfile's commands as separate processes (`ckpt-pipeline
-  pump`, `rq worker scoring|sink --url ... --worker-class
+  pump`, `rq worker scoring|sink --worker-class
   scorer_worker.worker.PipelineWorker --connection-class
   scorer_worker.connection.RetryingRedis`) against a private `redis-server` (AOF on, fixed
   port so it can restart) and a private PostgreSQL (migrations applied), from

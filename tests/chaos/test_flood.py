@@ -178,7 +178,7 @@ def test_a_flooding_pod_is_cut_off_and_no_other_job_suffers(
         "lag_p50_s": round(lags[len(lags) // 2], 3) if lags else None,
         "lag_p99_s": round(p99, 3),
         "lag_target_s": LAG_TARGET_S,
-        "converge_s": round(converge_s, 1),
+        "converged_seconds": round(converge_s, 1),
         **comparison.summary(),
         "lost": comparison.lost,
         "duplicates": comparison.duplicate_metric_rows,
