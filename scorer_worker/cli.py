@@ -410,14 +410,26 @@ def _split_spec(path: str) -> tuple[dict[str, Any], str]:
 
 @remote.command()
 @click.argument("spec_path", metavar="SPEC.json", type=click.Path(exists=True, dir_okay=False))
-@click.option("-o", "--output", help="Where to write the script (default pod_<job_id>.py).")
+@click.option(
+    "-o",
+    "--output",
+    help="Where to write the script: a file, or - for standard output (default pod_<job_id>.py).",
+)
 def render(spec_path: str, output: str | None) -> None:
     """Write the self-contained pod script for SPEC.json."""
     from remote.render import render_script
 
     spec = _load_spec(spec_path)
+    script = render_script(spec)
+    if output == "-":
+        click.echo(script, nl=False)
+        return
     target = Path(output or f"pod_{spec['job_id']}.py")
-    target.write_text(render_script(spec), encoding="utf-8")
+    if target.is_dir():
+        raise click.BadParameter(
+            f"{target} is a folder: name a file, or - for stdout", param_hint="-o"
+        )
+    target.write_text(script, encoding="utf-8")
     click.echo(f"wrote {target}")
 
 

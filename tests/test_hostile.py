@@ -380,3 +380,15 @@ def test_work_stops_on_the_first_sigterm(redis_client, pipeline_env):
         assert process.wait(timeout=15) == 0
     finally:
         process.kill()
+
+
+def test_remote_render_writes_to_stdout_with_dash_and_refuses_a_folder(tmp_path):
+    spec = {"job_id": "render-1", "model": "gpt2", "dataset": "d.jsonl", "output_dir": "/out"}
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    shown = cli("remote", "render", str(path), "-o", "-")
+    assert shown.returncode == 0 and shown.stdout.startswith("#!/usr/bin/env python3")
+    assert not list(tmp_path.glob("pod_*.py"))  # nothing written
+    refused = cli("remote", "render", str(path), "-o", str(tmp_path))
+    assert refused.returncode == 2 and "is a folder" in refused.stderr
+    assert "Traceback" not in refused.stderr
