@@ -9,13 +9,27 @@ The Trainer picks its best checkpoint (the one rotation keeps, `load_best_model_
 and early stopping watches) by `metric_for_best_model`, by default the scorer's composite
 `checkpoint_score`: a callback that follows the scorer writes it into each evaluation's metrics
 as `eval_checkpoint_score`. `run_training` saves the loaded best model to `<output_dir>/best`.
+
+Besides its own fields (`SPEC_FIELDS`), a spec may set any other field that `TrainingArguments`
+accepts (`bf16`, `gradient_accumulation_steps`, `lr_scheduler_type`, ...): it goes straight to
+`TrainingArguments`, except the fields the program owns (`PROGRAM_OWNED`). `validate_spec`
+checks them by building `TrainingArguments`, so the trusted side refuses a bad spec, naming the
+field, before a pod is paid for. A JSON null in any optional field means "not set".
+
+Checkpoints hold the optimizer, scheduler and RNG states, so that `run_training` can resume
+from one (`resume_from_checkpoint`) and end as an uninterrupted run would.
 """
 
+import dataclasses
+import enum
+import functools
 import json
 import logging
 import math
 import random
 import re
+import types
+import typing
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -32,6 +46,7 @@ from transformers import (
     default_data_collator,
     set_seed,
 )
+from transformers import __version__ as TRANSFORMERS_VERSION
 
 REQUIRED = object()
 """Marker default of a field that the spec must set."""
@@ -96,7 +111,8 @@ SPEC_FIELDS: dict[str, str] = {
         " Default None."
     ),
 }
-"""What each spec field means; `validate_spec` accepts exactly these names."""
+"""What each of the program's own spec fields means. `validate_spec` also accepts any other
+field `TrainingArguments` takes, except those in `PROGRAM_OWNED`."""
 
 SPEC_DEFAULTS: dict[str, Any] = {
     "job_id": REQUIRED,
@@ -120,6 +136,52 @@ SPEC_DEFAULTS: dict[str, Any] = {
     "metric_for_best_model": COMPOSITE_METRIC,
     "early_stopping_patience": None,
 }
+
+PROGRAM_OWNED: dict[str, str] = {
+    "load_best_model_at_end": (
+        "always true: rotation keeps, and the end loads, the best checkpoint by"
+        " metric_for_best_model"
+    ),
+    "greater_is_better": "follows metric_for_best_model (false for the composite score)",
+    "report_to": "the pod reports to the pipeline only; an integration would need credentials",
+    "save_only_model": (
+        "always false: a restarted pod resumes from its newest checkpoint, which needs the"
+        " optimizer, scheduler and RNG states"
+    ),
+    "restore_callback_states_from_checkpoint": (
+        "always true: a resumed run keeps early stopping's count of evaluations without improvement"
+    ),
+    "ignore_data_skip": (
+        "always false: a resumed run skips the batches it trained on, so it ends as an"
+        " uninterrupted run would"
+    ),
+    "resume_from_checkpoint": "the pod script resumes from the newest complete checkpoint",
+    "data_seed": "set from the spec's seed",
+    "use_cpu": "the program trains on CUDA when present, else on the CPU",
+    "logging_strategy": (
+        "'steps', every logging_steps: the train logs give the score its train loss"
+    ),
+    "eval_on_start": (
+        "an evaluation before training has no checkpoint, and a resumed run would evaluate"
+        " its resume step a second time"
+    ),
+    "hub_token": "a secret must not travel in the spec, which the pod script embeds in clear",
+}
+"""`TrainingArguments` fields the program sets itself, and why; a spec that sets one is refused."""
+
+DEVICE_CHECKED = ("tf32",)
+"""Fields `TrainingArguments` checks against the GPU it finds. Where no CUDA device is present
+(a trusted machine validating a pod's spec) only their type is checked; the pod checks the
+rest when it validates the spec again."""
+
+UNKNOWN_FIELD_HINTS = {
+    "warmup_ratio": "use warmup_steps: a value in [0, 1) is a share of the total steps",
+}
+"""What to use instead of a field that older transformers versions accepted."""
+
+POSITIVE_ARGUMENTS = ("gradient_accumulation_steps", "per_device_eval_batch_size")
+"""Passed-through integers that must be positive; `TrainingArguments` accepts 0 and training
+then divides by it."""
 
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 METRIC_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,128}")
@@ -262,7 +324,7 @@ def _check_together(spec: dict, given: dict) -> None:
             f" (load_best_model_at_end), got {spec['save_steps']!r}"
         )
     if not spec["follow_scorer"] and is_composite_metric(spec["metric_for_best_model"]):
-        if "metric_for_best_model" in given:
+        if given.get("metric_for_best_model") is not None:
             raise SpecError(
                 "spec field 'metric_for_best_model': the composite 'checkpoint_score' needs"
                 " follow_scorer true; set follow_scorer or another metric such as 'eval_loss'"
@@ -271,32 +333,145 @@ def _check_together(spec: dict, given: dict) -> None:
         spec["metric_for_best_model"] = FALLBACK_METRIC
 
 
+@functools.cache
+def argument_types() -> dict[str, Any]:
+    """Return the type annotation of every field `TrainingArguments` takes as an argument."""
+    hints = typing.get_type_hints(TrainingArguments)
+    return {
+        field.name: hints.get(field.name, Any)
+        for field in dataclasses.fields(TrainingArguments)
+        if field.init
+    }
+
+
+def passthrough_fields(spec: dict) -> dict[str, Any]:
+    """Return the fields of a validated spec that go straight to `TrainingArguments`."""
+    return {field: value for field, value in spec.items() if field not in SPEC_FIELDS}
+
+
+def _fits(value: Any, annotation: Any) -> bool:
+    """Return True when a JSON value is of the `TrainingArguments` type `annotation`.
+
+    `TrainingArguments` checks few types itself (a string weight decay fails at the first
+    optimizer step, on the pod), so the annotation is checked here.
+    """
+    origin, members = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is Any:
+        return True
+    if annotation is type(None):
+        return value is None
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, member) for member in members)
+    if origin is typing.Literal:
+        return any(type(value) is type(option) and value == option for option in members)
+    if origin in (list, tuple):
+        return isinstance(value, list) and all(_fits(v, members[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(_fits(v, members[-1]) for v in value.values())
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return _is_int(value)
+    if annotation is float:
+        return _is_number(value)
+    if annotation in (str, dict, list):
+        return isinstance(value, annotation)
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return any(value == member.value for member in annotation)
+    return False  # a Python object such as ParallelismConfig: JSON cannot hold one
+
+
+def _describe(annotation: Any) -> str:
+    """Say in words what values of the type `annotation` look like in JSON."""
+    origin, members = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(dict.fromkeys(_describe(member) for member in members))
+    if origin is typing.Literal:
+        return f"one of {', '.join(map(repr, members))}"
+    if origin in (list, tuple):
+        return "a list"
+    if origin is dict:
+        return "an object"
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return "a string"
+    words = {
+        type(None): "null", bool: "true or false", int: "an integer", float: "a number",
+        str: "a string", dict: "an object", list: "a list",
+    }  # fmt: skip
+    return words.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+def _check_passthrough(field: str, value: Any) -> Any:
+    annotation = argument_types()[field]
+    if not _fits(value, annotation):
+        raise _fail(field, f"{_describe(annotation)} (TrainingArguments.{field})", value)
+    if field in POSITIVE_ARGUMENTS:
+        _check_positive_int(field, value)
+    return value
+
+
+def _check_names(spec: dict) -> None:
+    # A null is "not set" here too: it asks nothing of what the program owns.
+    owned = [field for field, value in spec.items() if field in PROGRAM_OWNED and value is not None]
+    if owned:
+        reasons = "; ".join(f"{field!r}: {PROGRAM_OWNED[field]}" for field in owned)
+        raise SpecError(f"spec field(s) set by the program itself, not by the spec: {reasons}")
+    accepted = argument_types()
+    unknown = sorted(set(spec) - set(SPEC_FIELDS) - set(accepted), key=str)
+    if unknown:
+        hints = "".join(
+            f"; {field!r}: {UNKNOWN_FIELD_HINTS[field]}"
+            for field in unknown
+            if field in UNKNOWN_FIELD_HINTS
+        )
+        raise SpecError(
+            f"unknown spec field(s): {', '.join(map(repr, unknown))} (neither a spec field nor"
+            f" a TrainingArguments field of transformers {TRANSFORMERS_VERSION}){hints}"
+        )
+
+
 def validate_spec(spec: dict) -> dict:
     """Check a training spec and fill in defaults.
 
+    The program's own fields (`SPEC_FIELDS`) are checked by their rules. Any other field that
+    `TrainingArguments` accepts, except those in `PROGRAM_OWNED`, is checked against its type
+    annotation and then by building `TrainingArguments` from the whole spec, as the pod will
+    (on the CPU when no CUDA device is present; see `DEVICE_CHECKED`). A None (JSON null) in
+    an optional field means "not set": the default.
+
     Args:
-        spec: Field name to value; see `SPEC_FIELDS`. Path values are accepted for path fields.
+        spec: Field name to value. Path values are accepted for path fields.
 
     Returns:
-        A new dict holding every field of `SPEC_FIELDS`, defaults filled in.
+        A new dict holding every field of `SPEC_FIELDS`, defaults filled in, followed by the
+        `TrainingArguments` fields the spec sets (those set to None left out). Validating it
+        again returns an equal dict.
 
     Raises:
-        SpecError: If `spec` is not a dict, has unknown fields, misses a required field, holds
-            a bad value, or its fields disagree (save_strategy and eval_strategy differ,
-            save_steps is not a multiple of eval_steps, the composite metric without
-            follow_scorer). The message names the field.
+        SpecError: If `spec` is not a dict, has a field that is neither a spec field nor a
+            `TrainingArguments` field, sets a field of `PROGRAM_OWNED`, misses a required
+            field, holds a bad value, or its fields disagree (save_strategy and eval_strategy
+            differ, save_steps is not a multiple of eval_steps, the composite metric without
+            follow_scorer, anything `TrainingArguments` refuses). The message names the field.
     """
     if not isinstance(spec, dict):
         raise SpecError(f"spec must be a dict, got {type(spec).__name__}")
-    unknown = sorted(set(spec) - set(SPEC_FIELDS), key=str)
-    if unknown:
-        raise SpecError(f"unknown spec field(s): {', '.join(map(repr, unknown))}")
+    _check_names(spec)
     normalised = {}
     for field, default in SPEC_DEFAULTS.items():
-        if field not in spec and default is REQUIRED:
-            raise SpecError(f"spec field {field!r} is required: {SPEC_FIELDS[field]}")
-        normalised[field] = _CHECKS[field](field, spec.get(field, default))
+        value = spec.get(field)
+        if value is None:  # absent or JSON null: not set
+            if default is REQUIRED:
+                raise SpecError(f"spec field {field!r} is required: {SPEC_FIELDS[field]}")
+            value = default
+        normalised[field] = _CHECKS[field](field, value)
     _check_together(normalised, spec)
+    for field, value in spec.items():
+        if field not in SPEC_FIELDS and value is not None:
+            normalised[field] = _check_passthrough(field, value)
+    # Only a GPU can tell whether it supports these: the pod checks them when it validates.
+    unchecked = () if torch.cuda.is_available() else DEVICE_CHECKED
+    _build_arguments(normalised, normalised["metric_for_best_model"], skip=unchecked)
     return normalised
 
 
@@ -445,37 +620,101 @@ def training_arguments(
 
     Returns:
         Arguments that log, evaluate and save as the spec says, keep and load the best
-        checkpoint by the metric (`load_best_model_at_end`), report to no integration and run
-        on CPU when no CUDA device is present.
+        checkpoint by the metric (`load_best_model_at_end`), save checkpoints a run can resume
+        from (optimizer, scheduler and RNG states, callback states), report to no integration
+        and run on CPU when no CUDA device is present; with the spec's other
+        `TrainingArguments` fields (see `passthrough_fields`) passed as they are.
+
+    Raises:
+        SpecError: If `TrainingArguments` refuses them; the message names the field.
     """
-    metric = metric_for_best_model or spec["metric_for_best_model"]
-    return TrainingArguments(
-        output_dir=spec["output_dir"],
-        num_train_epochs=spec["num_train_epochs"],
-        per_device_train_batch_size=spec["per_device_train_batch_size"],
-        per_device_eval_batch_size=spec["per_device_train_batch_size"],
-        learning_rate=spec["learning_rate"],
-        eval_strategy=spec["eval_strategy"],
-        eval_steps=spec["eval_steps"],
-        save_strategy=spec["save_strategy"],
-        save_steps=spec["save_steps"],
-        save_total_limit=spec["save_total_limit"],
+    return _build_arguments(spec, metric_for_best_model or spec["metric_for_best_model"])
+
+
+def _program_arguments(spec: dict, metric: str) -> dict[str, Any]:
+    """The arguments the program sets: every key is in `SPEC_FIELDS` or `PROGRAM_OWNED`."""
+    return {
+        "output_dir": spec["output_dir"],
+        "num_train_epochs": spec["num_train_epochs"],
+        "per_device_train_batch_size": spec["per_device_train_batch_size"],
+        "learning_rate": spec["learning_rate"],
+        "eval_strategy": spec["eval_strategy"],
+        "eval_steps": spec["eval_steps"],
+        "save_strategy": spec["save_strategy"],
+        "save_steps": spec["save_steps"],
+        "save_total_limit": spec["save_total_limit"],
         # Rotation keeps, and the end loads, the best checkpoint by this metric.
-        load_best_model_at_end=True,
-        metric_for_best_model=metric,
+        "load_best_model_at_end": True,
+        "metric_for_best_model": metric,
         # The composite is lower-is-better; for any other metric None lets Hugging Face apply
         # its own rule (greater is better unless the name ends in "loss").
-        greater_is_better=False if is_composite_metric(metric) else None,
-        logging_strategy="steps",
-        logging_steps=spec["logging_steps"],
-        seed=spec["seed"],
-        data_seed=spec["seed"],
-        report_to=[],
-        use_cpu=not torch.cuda.is_available(),
-        disable_tqdm=True,
-        save_only_model=True,
-        dataloader_num_workers=0,
-    )
+        "greater_is_better": False if is_composite_metric(metric) else None,
+        "logging_strategy": "steps",
+        "logging_steps": spec["logging_steps"],
+        "seed": spec["seed"],
+        "data_seed": spec["seed"],
+        "report_to": [],
+        "use_cpu": not torch.cuda.is_available(),
+        # A resumed run continues exactly where the checkpoint left off: the optimizer's
+        # moments, the learning-rate schedule, the RNG states (dropout), early stopping's
+        # count, and the data order past the batches already trained on. Without them it
+        # would restart the schedule and end with another row than an uninterrupted run.
+        "save_only_model": False,
+        "restore_callback_states_from_checkpoint": True,
+        "ignore_data_skip": False,
+    }
+
+
+def _default_arguments(spec: dict) -> dict[str, Any]:
+    """The program's defaults that a spec may override (pod logs stay readable without tqdm)."""
+    return {
+        "per_device_eval_batch_size": spec["per_device_train_batch_size"],
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+    }
+
+
+def _build_arguments(spec: dict, metric: str, skip: tuple[str, ...] = ()) -> TrainingArguments:
+    """Build `TrainingArguments`; on refusal, find the spec field that makes it refuse."""
+    base = {**_default_arguments(spec), **_program_arguments(spec, metric)}
+    given = {k: v for k, v in passthrough_fields(spec).items() if k not in skip}
+    try:
+        return TrainingArguments(**{**base, **given})
+    except Exception as exc:  # ValueError mostly, but also e.g. ImportError (deepspeed)
+        raise _refusal(base, given, exc) from exc
+
+
+def _refusal(base: dict, given: dict, exc: Exception) -> SpecError:
+    """Name the field `TrainingArguments` refuses: the first whose addition makes it fail.
+
+    `TrainingArguments` names arguments only in prose (``--tf32 requires ...``), and a
+    refusal may come from two fields together (bf16 with fp16): adding the given fields one
+    by one names the one that tipped it, and the message says what Hugging Face said.
+    """
+    try:
+        TrainingArguments(**base)
+    except Exception as own_exc:
+        # The program's own arguments alone are refused (the spec-field checks should prevent
+        # it): name the spec fields Hugging Face's message names.
+        said = _said(own_exc)
+        named = [f for f in SPEC_FIELDS if re.search(rf"\b{re.escape(f)}\b", said)]
+        where = f"spec field(s) {', '.join(map(repr, named))}" if named else "spec"
+        return SpecError(f"{where}: TrainingArguments refused the arguments: {said}")
+    applied: dict[str, Any] = {}
+    for field, value in given.items():
+        applied[field] = value
+        try:
+            TrainingArguments(**{**base, **applied})
+        except Exception as step_exc:
+            return SpecError(
+                f"spec field {field!r}: TrainingArguments refused {value!r}: {_said(step_exc)}"
+            )
+    # Refused once, accepted field by field: say what Hugging Face said the first time.
+    return SpecError(f"spec: TrainingArguments refused the arguments: {_said(exc)}")
+
+
+def _said(exc: Exception) -> str:
+    return str(exc).strip() or type(exc).__name__
 
 
 def build_trainer(spec: dict, callbacks: list[TrainerCallback]) -> Trainer:
@@ -551,12 +790,23 @@ def save_best_model(trainer: Trainer) -> Path:
     return target
 
 
-def run_training(spec: dict, callbacks: list[TrainerCallback]) -> Trainer:
+def run_training(
+    spec: dict,
+    callbacks: list[TrainerCallback],
+    *,
+    resume_from_checkpoint: str | Path | None = None,
+) -> Trainer:
     """Validate a spec, seed everything, train to the end and save the best model.
 
     Args:
         spec: A training spec; see `SPEC_FIELDS`.
         callbacks: Trainer callbacks, e.g. `CheckpointEventsCallback`; may be empty.
+        resume_from_checkpoint: A checkpoint folder of an earlier attempt of this spec to
+            continue from: Hugging Face restores the weights, optimizer, scheduler, RNG and
+            callback states and skips the batches already trained on, so the run ends as an
+            uninterrupted one would (when the checkpoint step is a multiple of
+            `logging_steps`, as every evaluation step of the default spec is: the train loss
+            logged after it averages the steps since the last log).
 
     Returns:
         The trained Trainer, holding the best model; it is saved to `<output_dir>/best`
@@ -568,8 +818,12 @@ def run_training(spec: dict, callbacks: list[TrainerCallback]) -> Trainer:
     """
     spec = validate_spec(spec)
     # Seed before the model is built: dropout and any newly initialised weights draw from it.
+    # A resumed run seeds too (same weights before the checkpoint's replace them), and then
+    # restores the checkpoint's RNG states.
     set_seed(spec["seed"])
     trainer = build_trainer(spec, callbacks)
-    trainer.train()
+    trainer.train(
+        resume_from_checkpoint=str(resume_from_checkpoint) if resume_from_checkpoint else None
+    )
     save_best_model(trainer)
     return trainer

@@ -244,10 +244,17 @@ def test_metric_for_best_model_sets_greater_is_better(metric, greater_is_better)
     assert args.load_best_model_at_end is True
 
 
-@pytest.mark.parametrize("metric", ["", "eval loss", 3, None, "x" * 129])
+@pytest.mark.parametrize("metric", ["", "eval loss", 3, "x" * 129])
 def test_bad_metric_for_best_model_is_named(metric):
     with pytest.raises(SpecError, match="metric_for_best_model"):
         validate_spec({**MINIMAL, "metric_for_best_model": metric})
+
+
+def test_a_null_metric_is_the_default_with_or_without_the_loop():
+    assert validate_spec({**MINIMAL, "metric_for_best_model": None}) == validate_spec(MINIMAL)
+    # Without the loop a null is "not set" too: the fallback, not a refused composite.
+    unlooped = validate_spec({**MINIMAL, "follow_scorer": False, "metric_for_best_model": None})
+    assert unlooped["metric_for_best_model"] == "eval_loss"
 
 
 @pytest.mark.parametrize("patience", [0, -1, 1.5, True, "3"])

@@ -4,20 +4,32 @@ Everything is built locally: no test downloads a model or a data set.
 """
 
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from remote.render import read_embedded
 from remote.tiny import build_tiny_model, corpus_text, prepare_overfit_demo, write_jsonl_dataset
 from remote.training import (
+    DEVICE_CHECKED,
+    PROGRAM_OWNED,
+    REQUIRED,
+    SPEC_DEFAULTS,
     SPEC_FIELDS,
     DatasetError,
     SpecError,
+    _default_arguments,
+    _program_arguments,
+    argument_types,
     load_texts,
     run_training,
     split_texts,
+    training_arguments,
     validate_spec,
 )
 
@@ -182,3 +194,192 @@ def test_overfit_demo_overfits(tmp_path: Path) -> None:
     assert 0 < best < len(evals) // 2
     assert evals[-1] > min(evals) + 0.3
     assert train[-1] < train[0] - 1.0
+
+
+# Part 5 of issue 12: the spec passes any TrainingArguments field through, a null is "not set",
+# and whatever is refused is refused by name, on the trusted side.
+
+PASSED_THROUGH = {
+    "bf16": True,  # built with use_cpu where there is no CUDA, so a CPU machine accepts it
+    "gradient_accumulation_steps": 2,
+    "warmup_steps": 0.1,  # a ratio of the total steps (transformers 5 has no warmup_ratio)
+    "lr_scheduler_type": "cosine",
+    "weight_decay": 0.01,
+    "gradient_checkpointing": True,
+    "max_grad_norm": 0.5,
+    "per_device_eval_batch_size": 3,  # a program default a spec may override
+    "optim": "adamw_torch",
+}
+
+
+# transformers 5 renamed it activation_checkpointing; the old name still works, with a warning.
+@pytest.mark.filterwarnings("ignore:`gradient_checkpointing` is deprecated:FutureWarning")
+def test_trainingarguments_fields_pass_through():
+    spec = validate_spec({**MINIMAL_SPEC, **PASSED_THROUGH})
+    assert {field: spec[field] for field in PASSED_THROUGH} == PASSED_THROUGH
+    assert validate_spec(spec) == spec  # the rendered script validates it again on the pod
+    args = training_arguments(spec)
+    for field, value in PASSED_THROUGH.items():
+        given = getattr(args, field)
+        assert getattr(given, "value", given) == value, field  # enums hold the string
+    # The program's own rules stand beside them.
+    assert args.load_best_model_at_end is True and args.report_to == []
+    assert args.save_only_model is False and args.restore_callback_states_from_checkpoint
+    assert (args.output_dir, args.seed, args.data_seed) == ("out", 42, 42)
+
+
+def test_passed_through_fields_reach_the_trainer(
+    tiny_model: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    output_dir = tmp_path / "out"
+    spec = {
+        **short_spec(tiny_model, tiny_dataset, output_dir),
+        "gradient_accumulation_steps": 2,
+        "lr_scheduler_type": "constant",
+    }
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        trainer = run_training(spec, callbacks=[])
+    finally:
+        torch.set_num_threads(threads)
+    # 4 batches per epoch, 2 per optimizer step: 2 steps an epoch, 4 in all, one save at 4.
+    assert trainer.state.global_step == 4
+    assert [p.name for p in checkpoints(output_dir)] == ["checkpoint-4"]
+    rates = [e["learning_rate"] for e in log_history(checkpoints(output_dir)[-1]) if "loss" in e]
+    assert rates and set(rates) == {spec["learning_rate"]}  # constant: no linear decay
+
+
+def test_the_program_sets_only_its_own_and_owned_fields():
+    spec = validate_spec(MINIMAL_SPEC)
+    accepted = set(argument_types())
+    set_by_program = set(_program_arguments(spec, "eval_loss"))
+    # Otherwise a spec could override, through passthrough, what the program must decide.
+    assert set_by_program <= accepted & (set(SPEC_FIELDS) | set(PROGRAM_OWNED))
+    assert set(PROGRAM_OWNED) <= accepted  # the table names real fields, none stale
+    assert set(_default_arguments(spec)) <= accepted - set(SPEC_FIELDS) - set(PROGRAM_OWNED)
+    assert set(DEVICE_CHECKED) <= accepted - set(PROGRAM_OWNED)
+
+
+@pytest.mark.parametrize("field", sorted(PROGRAM_OWNED))
+def test_a_field_the_program_owns_is_refused_by_name(field):
+    reason = re.escape(PROGRAM_OWNED[field])
+    with pytest.raises(SpecError, match=f"'{field}': {reason}"):
+        validate_spec({**MINIMAL_SPEC, field: True})
+    # A null asks nothing of it: "not set".
+    assert validate_spec({**MINIMAL_SPEC, field: None}) == validate_spec(MINIMAL_SPEC)
+
+
+OPTIONAL_FIELDS = [field for field, default in SPEC_DEFAULTS.items() if default is not REQUIRED]
+
+
+@pytest.mark.parametrize("field", OPTIONAL_FIELDS)
+def test_a_null_spec_field_is_not_set(field):
+    assert validate_spec({**MINIMAL_SPEC, field: None}) == validate_spec(MINIMAL_SPEC)
+
+
+def test_null_eval_steps_is_the_default():
+    # The issue's case: a spec generated with every field written out, unset ones as null.
+    spec = validate_spec({**MINIMAL_SPEC, "eval_steps": None, "save_steps": None})
+    assert (spec["eval_steps"], spec["save_steps"]) == (10, 10)
+    assert training_arguments(spec).eval_steps == 10
+
+
+def test_a_null_trainingarguments_field_is_left_to_hugging_face():
+    nulls = {"bf16": None, "lr_scheduler_type": None, "warmup_steps": None, "tf32": None}
+    spec = validate_spec({**MINIMAL_SPEC, **nulls})
+    assert spec == validate_spec(MINIMAL_SPEC)  # bf16 is a bool, yet null is "not set"
+    assert training_arguments(spec).lr_scheduler_type.value == "linear"  # Hugging Face's
+
+
+@pytest.mark.parametrize("field", ["job_id", "model", "dataset", "output_dir"])
+def test_a_null_required_field_is_named(field):
+    with pytest.raises(SpecError, match=f"'{field}' is required"):
+        validate_spec({**MINIMAL_SPEC, field: None})
+
+
+def test_an_unknown_field_is_named_with_what_to_use_instead():
+    with pytest.raises(SpecError, match=r"'warmup_ratio'.*use warmup_steps"):
+        validate_spec({**MINIMAL_SPEC, "warmup_ratio": 0.1})
+    with pytest.raises(SpecError, match=r"unknown spec field\(s\): 'learning_rat' \("):
+        validate_spec({**MINIMAL_SPEC, "learning_rat": 1e-3})
+    # Even as null: a misspelt name is a mistake to show, not a field to ignore.
+    with pytest.raises(SpecError, match="'learning_rat'"):
+        validate_spec({**MINIMAL_SPEC, "learning_rat": None})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "said"),
+    [
+        ({"lr_scheduler_type": "bogus"}, "lr_scheduler_type", "not a valid SchedulerType"),
+        ({"optim": "bogus"}, "optim", "not a valid OptimizerNames"),
+        # Two fields together: the one that tips it is named, and Hugging Face's words say why.
+        ({"bf16": True, "fp16": True}, "fp16", "At most one of fp16 and bf16"),
+        ({"fsdp": "bogus"}, "fsdp", "Unknown `fsdp` option"),
+        ({"warmup_steps": -1}, "warmup_steps", "warmup_steps >= 0"),
+        ({"dataloader_prefetch_factor": 2}, "dataloader_prefetch_factor", "num_workers > 0"),
+    ],
+)
+def test_a_value_trainingarguments_refuses_is_named(overrides, field, said):
+    with pytest.raises(SpecError) as refused:
+        validate_spec({**MINIMAL_SPEC, **overrides})
+    assert str(refused.value).startswith(f"spec field {field!r}: TrainingArguments refused")
+    assert said in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("weight_decay", "0.01"),
+        ("weight_decay", float("nan")),
+        ("bf16", "true"),
+        ("gradient_accumulation_steps", 2.0),
+        ("gradient_accumulation_steps", 0),  # TrainingArguments takes it; training divides by it
+        ("max_steps", True),
+        ("lr_scheduler_kwargs", [1]),
+        ("parallelism_config", {}),  # a Python object: JSON cannot give one
+        ("tf32", "yes"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_named(field, value):
+    with pytest.raises(SpecError, match=f"^spec field '{field}': expected"):
+        validate_spec({**MINIMAL_SPEC, field: value})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the trusted side without a GPU")
+def test_a_field_only_a_gpu_can_check_is_checked_by_the_pod():
+    spec = validate_spec({**MINIMAL_SPEC, "tf32": True})  # a CPU cannot tell: the pod checks
+    assert spec["tf32"] is True
+    # What the pod builds, here on a CPU as on a pod without an Ampere GPU: refused by name.
+    with pytest.raises(SpecError, match="spec field 'tf32': TrainingArguments refused True"):
+        training_arguments(spec)
+
+
+def render(spec_file: Path, *output: str, cwd: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "scorer_worker.cli", "remote", "render", str(spec_file)]
+    return subprocess.run([*command, *output], capture_output=True, text=True, cwd=cwd)
+
+
+def test_remote_render_passes_fields_through_and_names_a_refused_one(tmp_path):
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(
+        json.dumps({**MINIMAL_SPEC, "eval_steps": None, "bf16": True, "weight_decay": 0.1})
+    )
+    done = render(spec_file, "-o", "pod.py", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    embedded, _ = read_embedded((tmp_path / "pod.py").read_text())
+    assert (embedded["eval_steps"], embedded["bf16"], embedded["weight_decay"]) == (10, True, 0.1)
+    spec_file.write_text(json.dumps({**MINIMAL_SPEC, "lr_scheduler_type": "bogus"}))
+    refused = render(spec_file, "-o", "bad.py", cwd=tmp_path)
+    assert refused.returncode == 2 and "'lr_scheduler_type'" in refused.stderr
+    assert not (tmp_path / "bad.py").exists()
+
+
+def test_remote_render_to_standard_output(tmp_path):
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(MINIMAL_SPEC))
+    done = render(spec_file, "-o", "-", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "-").exists()
+    embedded, sources = read_embedded(done.stdout)  # stdout is the script and nothing else
+    assert embedded == validate_spec(MINIMAL_SPEC) and "remote/pod_main.py" in sources
