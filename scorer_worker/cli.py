@@ -116,7 +116,8 @@ def main(verbose: bool) -> None:
 @click.option(
     "--pod-credentials",
     is_flag=True,
-    help="Also create the pod's publish-only Redis user and print its redis_url as JSON.",
+    help="Also create the pod's Redis user (XADD its stream, HMGET its decision) and print "
+    "its redis_url as JSON.",
 )
 def register(
     job_id: str, job_token: str, create_row: bool, model_name: str, pod_credentials: bool
