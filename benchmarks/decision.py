@@ -24,9 +24,9 @@ import redis
 from producer.events import build_event, encode_event
 from producer.wire import (
     EVENT_FIELD,
+    decision_field,
     decision_key,
-    decision_score_field,
-    decode_decision_score,
+    decode_decision_entry,
     stream_key,
 )
 
@@ -118,14 +118,14 @@ def _probe(job_id: str, url: str, stop: threading.Event, result: dict, seed: int
                 step += 10
                 eval_loss = 2.0 + step / 100000  # distinct per eval: the decision names it
                 pod.xadd(events, {EVENT_FIELD: _event("train_log", job_id, step, loss=1.5)})
-                field = decision_score_field(step)
+                field = decision_field(step)
                 started = time.perf_counter()
                 pod.xadd(events, {EVENT_FIELD: _event("eval", job_id, step, eval_loss=eval_loss)})
                 deadline = started + TIMEOUT_S
                 while True:
                     (raw,) = pod.hmget(decision, [field])
                     result["polls"] += 1
-                    if raw is not None and decode_decision_score(raw)[1] == eval_loss:
+                    if raw is not None and decode_decision_entry(raw)[1] == eval_loss:
                         lags.append(time.perf_counter() - started)
                         break
                     if time.perf_counter() > deadline:

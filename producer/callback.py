@@ -31,9 +31,9 @@ from .wire import (
     TRAIN_END,
     TRAIN_LOG,
     checkpoint_step,
+    decision_field,
     decision_key,
-    decision_score_field,
-    decode_decision_score,
+    decode_decision_entry,
     is_valid_job_id,
 )
 
@@ -277,7 +277,7 @@ class CheckpointEventsCallback(TrainerCallback):
         """Poll the decision until it scores this evaluation; return (score, why not)."""
         try:
             reader = self._decision_reader()
-            key, field = decision_key(self.job_id), decision_score_field(step)
+            key, field = decision_key(self.job_id), decision_field(step)
         except Exception as exc:  # training is never hurt: no decision, no exception
             return None, f"decision not readable ({type(exc).__name__})"
         wanted = _loss_key(eval_loss)
@@ -290,7 +290,7 @@ class CheckpointEventsCallback(TrainerCallback):
                 return None, f"Redis unreachable ({type(exc).__name__})"
             if raw is not None:
                 try:
-                    score, loss = decode_decision_score(raw)
+                    score, loss = decode_decision_entry(raw)
                 except ValueError:
                     pass  # not this contract's value: wait for one that is
                 else:

@@ -51,7 +51,7 @@ def decision_key(job_id: str) -> str:
 
     The scorer writes it in the same atomic commit as the job's state; the job's pod may only
     read it (``HMGET``). Its fields are the ``DECISION_*`` names below and, per scored
-    evaluation, ``score:<step>`` (see :func:`decision_score_field`).
+    evaluation, ``score:<step>`` (see :func:`decision_field`).
 
     Raises:
         ValueError: if ``job_id`` is not a valid job id.
@@ -69,12 +69,12 @@ DECISION_EVALS_SINCE_BEST = "evals_since_best"
 DECISION_SCORE_PREFIX = "score:"
 
 
-def decision_score_field(step: int) -> str:
+def decision_field(step: int) -> str:
     """Return the decision field holding the score of the evaluation at ``step``."""
     return f"{DECISION_SCORE_PREFIX}{step}"
 
 
-def encode_decision_score(score: float, eval_loss: float | None) -> str:
+def encode_decision_entry(score: float, eval_loss: float | None) -> str:
     """Encode an evaluation's score with the eval loss it was computed from: ``score,loss``.
 
     The loss lets a producer check that a score covers *its* evaluation (a resumed attempt
@@ -83,8 +83,8 @@ def encode_decision_score(score: float, eval_loss: float | None) -> str:
     return f"{score!r},{'' if eval_loss is None else repr(float(eval_loss))}"
 
 
-def decode_decision_score(raw: str | bytes) -> tuple[float, float | None]:
-    """Decode what :func:`encode_decision_score` wrote.
+def decode_decision_entry(raw: str | bytes) -> tuple[float, float | None]:
+    """Decode what :func:`encode_decision_entry` wrote.
 
     Raises:
         ValueError: if ``raw`` is not of that form.

@@ -22,8 +22,8 @@ from producer.wire import (
     DECISION_EVALS,
     DECISION_EVALS_SINCE_BEST,
     DECISION_VERSION,
-    decision_score_field,
-    encode_decision_score,
+    decision_field,
+    encode_decision_entry,
 )
 
 from .scoring import get_profile
@@ -69,7 +69,7 @@ def decision_write(state: JobState, basis: tuple[Any, ...], full: bool) -> Decis
     profile = get_profile(state.profile)
     for step in steps:
         pick = pick_of(step, state.evals[step], profile)
-        fields[decision_score_field(step)] = encode_decision_score(pick.score, pick.eval_loss)
+        fields[decision_field(step)] = encode_decision_entry(pick.score, pick.eval_loss)
     return DecisionWrite(fields, replace=full)
 
 

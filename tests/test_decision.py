@@ -9,7 +9,7 @@ import time
 import fakeredis
 import pytest
 
-from producer.wire import decision_key, decode_decision_score
+from producer.wire import decision_key, decode_decision_entry
 from scorer_worker import keys
 from scorer_worker.bulk import drain_many
 from scorer_worker.drain import drain_job
@@ -90,7 +90,7 @@ def test_decision_holds_the_reference_scores_and_pick(path):
     else:
         assert drain_task(fake, [JOB], settings).left == []
     stored = assert_decision_matches(fake)
-    scores = [decode_decision_score(stored[f"score:{10 * (i + 1)}"]) for i in range(5)]
+    scores = [decode_decision_entry(stored[f"score:{10 * (i + 1)}"]) for i in range(5)]
     assert [round(s, 6) for s, _ in scores] == list(REFERENCE_SCORES)
     assert [loss for _, loss in scores] == list(EVAL_LOSSES)
     assert stored["best_step"] == "30" and stored["best_checkpoint"] == "checkpoint-30"
@@ -134,7 +134,7 @@ def test_a_resume_rewrites_the_decision_without_the_dropped_evaluations():
     drain_task(fake, [JOB], settings)
     stored = assert_decision_matches(fake)
     assert "score:50" not in stored and stored["evals"] == "4"
-    assert decode_decision_score(stored["score:40"])[1] == 0.7
+    assert decode_decision_entry(stored["score:40"])[1] == 0.7
 
 
 def test_a_compacted_job_that_gets_a_late_event_keeps_a_correct_decision():
@@ -146,7 +146,7 @@ def test_a_compacted_job_that_gets_a_late_event_keeps_a_correct_decision():
     publish(fake, [to_wire(evaluation(60, float("nan"), ts=61.0))])
     drain_task(fake, [JOB], settings)
     stored = assert_decision_matches(fake)
-    assert math.isinf(decode_decision_score(stored["score:60"])[0])
+    assert math.isinf(decode_decision_entry(stored["score:60"])[0])
     assert stored["best_step"] == "30"
 
 

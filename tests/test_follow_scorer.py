@@ -48,10 +48,10 @@ from producer.publisher import flush_spool_dir
 from producer.wire import (
     EVENT_FIELD,
     checkpoint_step,
+    decision_field,
     decision_key,
-    decision_score_field,
-    decode_decision_score,
-    encode_decision_score,
+    decode_decision_entry,
+    encode_decision_entry,
     stream_key,
 )
 from remote.tiny import build_tiny_model, corpus_text, write_jsonl_dataset
@@ -269,9 +269,9 @@ def settled_row(db: Path, redis_url: str, job: str, timeout_s: float = 60.0) -> 
 
 def decided_scores(redis_url: str, job: str, steps: list[int]) -> dict[int, float]:
     client = redis.Redis.from_url(redis_url)
-    raws = client.hmget(decision_key(job), [decision_score_field(s) for s in steps])
+    raws = client.hmget(decision_key(job), [decision_field(s) for s in steps])
     client.close()
-    return {s: decode_decision_score(raw)[0] for s, raw in zip(steps, raws, strict=True) if raw}
+    return {s: decode_decision_entry(raw)[0] for s, raw in zip(steps, raws, strict=True) if raw}
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -306,8 +306,8 @@ def fake_scorer(
                     seen.append(event)
                     time.sleep(delay_s)
                     loss = event["metrics"].get("eval_loss")
-                    value = encode_decision_score(score_of(event["step"], loss), loss)
-                    client.hset(decision_key(job), decision_score_field(event["step"]), value)
+                    value = encode_decision_entry(score_of(event["step"], loss), loss)
+                    client.hset(decision_key(job), decision_field(event["step"]), value)
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
@@ -362,7 +362,7 @@ def test_off_by_default_reads_no_decision_and_adds_no_metric(
     redis_client: redis.Redis, redis_server: LocalRedis, tmp_path: Path
 ) -> None:
     job = "fs-off"
-    redis_client.hset(decision_key(job), decision_score_field(5), encode_decision_score(0.5, 2.0))
+    redis_client.hset(decision_key(job), decision_field(5), encode_decision_entry(0.5, 2.0))
     callback = CheckpointEventsCallback(job, redis_server.url, spool_dir=tmp_path / "spool")
     state = train_state(5)
     begin(callback, state, tmp_path)
@@ -384,7 +384,7 @@ def test_waits_for_the_decision_covering_this_evaluation(
 ) -> None:
     job = "fs-wait"
     # A score left at this step by an earlier attempt (another eval loss) must not be taken.
-    redis_client.hset(decision_key(job), decision_score_field(5), encode_decision_score(9.0, 3.0))
+    redis_client.hset(decision_key(job), decision_field(5), encode_decision_entry(9.0, 3.0))
     stop, seen = fake_scorer(redis_server.url, job, lambda step, loss: loss / 2, delay_s=0.2)
     callback = CheckpointEventsCallback(
         job, redis_server.url, spool_dir=tmp_path / "spool", follow_scorer=True

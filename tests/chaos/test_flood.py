@@ -17,7 +17,7 @@ import time
 import pytest
 import redis
 
-from producer.wire import decision_score_field
+from producer.wire import decision_field
 from remote.credentials import create_pod_user
 from scorer_worker import keys
 from scorer_worker.registry import record_pod_user
@@ -126,7 +126,7 @@ def test_a_flooding_pod_is_cut_off_and_no_other_job_suffers(
             pending = list(published.items())
             pipe = reader.pipeline(transaction=False)
             for (job_id, step), _ in pending:
-                pipe.hexists(keys.decision(job_id), decision_score_field(step))
+                pipe.hexists(keys.decision(job_id), decision_field(step))
             for ((job_id, step), at), done in zip(pending, pipe.execute(), strict=True):
                 if done:
                     lags.append(time.monotonic() - at)
