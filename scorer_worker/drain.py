@@ -98,7 +98,8 @@ def _drain_batch(
         state.stalled_since = None
         if changed or dead or resumed:
             state.version += 1
-        clear = [_poison_field(e) for e in given_up] + ([STALLED_FIELD] if resumed else [])
+        # The job talked: a stall the pump noted but no drain folded yet is void too.
+        clear = [_poison_field(e) for e in given_up] + [STALLED_FIELD]
         txn.commit(
             dead,
             clear_fields=clear,

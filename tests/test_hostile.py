@@ -392,3 +392,17 @@ def test_remote_render_writes_to_stdout_with_dash_and_refuses_a_folder(tmp_path)
     refused = cli("remote", "render", str(path), "-o", str(tmp_path))
     assert refused.returncode == 2 and "is a folder" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def test_a_stall_noted_just_before_events_arrive_is_never_reported(redis_client, pipeline_env):
+    from sink.rows import job_row
+
+    register_job(redis_client, "racy", TOKEN)
+    redis_client.xadd(keys.events("racy"), {"event": evaluation("racy", 10, 1.0)})
+    assert burst_ends()
+    redis_client.hset(keys.meta("racy"), "stalled_since", "1.0")  # the pump's note...
+    redis_client.xadd(keys.events("racy"), {"event": evaluation("racy", 20, 0.9)})  # ...too late
+    assert burst_ends()
+    assert not redis_client.hexists(keys.meta("racy"), "stalled_since")
+    assert burst_ends()  # idle now: the stale note must not turn into a report
+    assert job_row(load_state(redis_client, "racy"))["error_message"] is None
