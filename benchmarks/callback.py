@@ -122,7 +122,7 @@ def _sync_posts(ctx: Context, count: int) -> list[float]:
     """The old way: one synchronous HTTP write per log call (keep-alive, like supabase-py)."""
     import httpx
 
-    from scorer_worker.local_redis import free_port
+    from ckpt_pipeline.testing.local_redis import free_port
 
     port = free_port()
     server = ctx.spawn([sys.executable, "-m", "benchmarks.slow_http", str(port), "50"], "slow-http")

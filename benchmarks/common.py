@@ -21,15 +21,15 @@ from typing import Any
 
 import redis
 
+from ckpt_pipeline.testing.local_redis import LocalRedis
 from producer.events import build_event, encode_event
 from producer.wire import EVENT_FIELD, stream_key
 from scorer_worker import keys
-from scorer_worker.local_redis import LocalRedis
 from scorer_worker.store import stream_id_key
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "bench-token"
-DEFAULT_WORKER_CLASS = "scorer_worker.worker.PipelineWorker"
+DEFAULT_WORKER_CLASS = "ckpt_pipeline.worker.PipelineWorker"
 
 
 @dataclass
@@ -211,7 +211,7 @@ class Context:
             "scoring_workers": self.scoring_workers
             or f"1 (fanout: {FANOUT_SCORING_WORKERS}, one per core)",
             "sink_workers": self.sink_workers,
-            "pump": "python -m scorer_worker.cli pump (one, unsharded)",
+            "pump": "python -m ckpt_pipeline.cli pump (one, unsharded)",
             "ckpt_env": env or "defaults of scorer_worker/settings.py",
         }
 
@@ -402,7 +402,7 @@ class Pipeline:
         name: names the folder and the log files.
         scoring: ``rq worker scoring`` processes (0 for none).
         sink: ``rq worker sink`` processes.
-        pump: start ``python -m scorer_worker.cli pump``.
+        pump: start ``python -m ckpt_pipeline.cli pump``.
         sink_url: a sink URL instead of a new SQLite file.
         redis_args: more redis-server arguments.
         env: more environment for the processes.
@@ -496,8 +496,8 @@ class Pipeline:
         self.profilers.clear()
 
     def start_pump(self) -> subprocess.Popen:
-        """Start ``python -m scorer_worker.cli pump``."""
-        args = [sys.executable, "-m", "scorer_worker.cli", "pump"]
+        """Start ``python -m ckpt_pipeline.cli pump``."""
+        args = [sys.executable, "-m", "ckpt_pipeline.cli", "pump"]
         process = self.ctx.spawn(args, f"{self.name}-pump", self.env)
         self.processes["pump"] = process
         return process

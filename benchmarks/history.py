@@ -141,7 +141,7 @@ def _measure(
 def _postgres(ctx: Context, pipeline: Pipeline, settings, generators, rounds: int, drain_job):
     """The same with the PostgreSQL writer, when PostgreSQL's server binaries are installed."""
     try:
-        from sink.local_postgres import LocalPostgres
+        from ckpt_pipeline.testing.local_postgres import LocalPostgres
     except ImportError:
         return None
     try:

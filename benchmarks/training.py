@@ -1,7 +1,8 @@
 """Wall-time overhead of a real ``Trainer`` run with the callback versus without, loop off and on.
 
-The demo model (``remote.tiny.prepare_overfit_demo``) trains with ``logging_steps=1`` and an
-evaluation and a checkpoint every 10 steps, with a ``CheckpointEventsCallback`` publishing to
+The demo model (``ckpt_pipeline.demo.model.prepare_overfit_demo``) trains with
+``logging_steps=1`` and an evaluation and a checkpoint every 10 steps, with a
+``CheckpointEventsCallback`` publishing to
 a private ``redis-server``. Whole runs with and without the callback differ by far more than
 1 % from one run to the next on a shared 2-core machine, so the two are measured side by side
 inside each run: the callback is switched on and off every 10 steps (a block: 10 train logs,
@@ -51,7 +52,7 @@ def run(ctx: Context) -> list[Figure]:
     import torch
     from transformers.utils import logging as hf_logging
 
-    from remote.tiny import prepare_overfit_demo
+    from ckpt_pipeline.demo.model import prepare_overfit_demo
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()

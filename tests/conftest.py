@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from scorer_worker.local_redis import LocalRedis
+from ckpt_pipeline.testing.local_redis import LocalRedis
 from scorer_worker.settings import Settings
 
 

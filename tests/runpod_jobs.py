@@ -9,9 +9,9 @@ from typing import Any
 import redis
 from click.testing import CliRunner, Result
 
+from ckpt_pipeline.cli import main
 from producer.events import build_event, encode_event
 from producer.wire import EVENT_FIELD, stream_key
-from scorer_worker.cli import main
 from sink.writers.sqlite import SqliteWriter
 
 API_KEY = "rp-secret-api-key-0123456789"

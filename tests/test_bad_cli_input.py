@@ -22,10 +22,10 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ckpt_pipeline.cli import main
+from ckpt_pipeline.testing.local_redis import LocalRedis, free_port
 from producer import EventPublisher
 from scorer_worker import keys
-from scorer_worker.cli import main
-from scorer_worker.local_redis import LocalRedis, free_port
 from scorer_worker.registry import register_job
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +37,7 @@ def cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, 
     """Run ``ckpt-pipeline ARGS`` as a subprocess of this checkout (whatever is installed)."""
     environment = {**os.environ, **(env or {}), "PYTHONPATH": str(ROOT)}
     return subprocess.run(
-        [sys.executable, "-m", "scorer_worker.cli", *args],
+        [sys.executable, "-m", "ckpt_pipeline.cli", *args],
         capture_output=True, text=True, env=environment, cwd=cwd or ROOT, timeout=timeout_s,
     )  # fmt: skip
 
@@ -186,10 +186,10 @@ def test_replay_of_120000_log_entries_delivers_every_event_and_the_end(
 def test_replay_fails_naming_how_many_events_were_not_delivered(
     redis_client, pipeline_env, tmp_path, monkeypatch
 ):
-    import scorer_worker.cli
+    import ckpt_pipeline.cli
 
     # A publisher whose thread does not keep up (it sends nothing) and a queue of 10 events.
-    monkeypatch.setattr(scorer_worker.cli, "REPLAY_WAIT_S", 0.05)
+    monkeypatch.setattr(ckpt_pipeline.cli, "REPLAY_WAIT_S", 0.05)
     monkeypatch.setattr(EventPublisher, "_send_round", lambda self: None)
     original = EventPublisher.__init__
     made = []

@@ -8,11 +8,11 @@ import pytest
 from rq import Queue
 from rq.registry import FailedJobRegistry
 
+from ckpt_pipeline.runner import run_all_in_one
 from producer.events import build_event, encode_event
 from scorer_worker import keys
 from scorer_worker.deadletter import list_dead_letters
 from scorer_worker.registry import register_job
-from scorer_worker.runner import run_all_in_one
 from scorer_worker.store import load_state
 from sink.writers.sqlite import SqliteWriter
 

@@ -15,11 +15,11 @@ import pytest
 import redis
 from transformers import TrainerCallback, set_seed
 
+from ckpt_pipeline.demo.model import prepare_overfit_demo
+from ckpt_pipeline.testing.local_redis import LocalRedis
 from producer import CheckpointEventsCallback
 from producer.wire import EVENT_FIELD, KINDS, checkpoint_step, stream_key
-from remote.tiny import prepare_overfit_demo
 from remote.training import build_trainer
-from scorer_worker.local_redis import LocalRedis
 from scorer_worker.models import WireEvent, decode_event
 
 RUN_JOB = "cb-run"

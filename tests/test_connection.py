@@ -8,8 +8,8 @@ import time
 
 import pytest
 
+from ckpt_pipeline.testing.local_redis import LocalRedis
 from scorer_worker.connection import RetryingRedis, connect, outage_retry
-from scorer_worker.local_redis import LocalRedis
 from scorer_worker.settings import Settings
 
 pytestmark = pytest.mark.slow

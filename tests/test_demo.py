@@ -28,7 +28,7 @@ def test_demo_shows_the_loop_keep_load_and_stop_on_the_score(tmp_path, monkeypat
         monkeypatch.delenv(name, raising=False)
     workdir = tmp_path / "demo"
     done = subprocess.run(
-        [sys.executable, "-m", "scorer_worker.cli", "demo", "--workdir", str(workdir)],
+        [sys.executable, "-m", "ckpt_pipeline.cli", "demo", "--workdir", str(workdir)],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from transformers import PrinterCallback, set_seed
 
+from ckpt_pipeline.demo.model import prepare_overfit_demo
 from producer import CheckpointEventsCallback, EventPublisher
-from remote.tiny import prepare_overfit_demo
 from remote.training import build_trainer
 from sink.writers.sqlite import SqliteWriter
 
@@ -24,7 +24,7 @@ JOB, TOKEN = "e2e-job", "secret-token-e2e"
 def cli(*args: str, env: dict[str, str]) -> str:
     """Run `ckpt-pipeline ARGS` as a user would and return its output."""
     done = subprocess.run(
-        [sys.executable, "-m", "scorer_worker.cli", *args],
+        [sys.executable, "-m", "ckpt_pipeline.cli", *args],
         env=env,
         capture_output=True,
         text=True,

@@ -42,6 +42,8 @@ from transformers import (
     set_seed,
 )
 
+from ckpt_pipeline.demo.model import build_tiny_model, corpus_text, write_jsonl_dataset
+from ckpt_pipeline.testing.local_redis import LocalRedis, free_port
 from producer import CheckpointEventsCallback, EventPublisher
 from producer.callback import DECISION_SOCKET_TIMEOUT_S, SCORE_METRIC
 from producer.publisher import flush_spool_dir
@@ -54,9 +56,7 @@ from producer.wire import (
     encode_decision_entry,
     stream_key,
 )
-from remote.tiny import build_tiny_model, corpus_text, write_jsonl_dataset
 from remote.training import load_texts, load_tokenizer, split_texts, tokenize_blocks
-from scorer_worker.local_redis import LocalRedis, free_port
 from scorer_worker.registry import register_job
 from sink.writers.sqlite import SqliteWriter
 
@@ -202,7 +202,7 @@ def start_scorer(env: dict[str, str], log_path: Path) -> subprocess.Popen:
     """``ckpt-pipeline work`` (pump, scoring and sink workers) in another process."""
     with open(log_path, "ab") as log_file:
         return subprocess.Popen(
-            [sys.executable, "-m", "scorer_worker.cli", "work"],
+            [sys.executable, "-m", "ckpt_pipeline.cli", "work"],
             env=env,
             cwd=REPO,
             stdout=log_file,

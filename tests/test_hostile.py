@@ -23,7 +23,7 @@ def evaluation(job: str, step: int, loss: float) -> str:
 
 def cli(*args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess:
     """Run ``ckpt-pipeline ARGS`` as a user would (raises TimeoutExpired if it hangs)."""
-    command = [sys.executable, "-m", "scorer_worker.cli", *args]
+    command = [sys.executable, "-m", "ckpt_pipeline.cli", *args]
     return subprocess.run(
         command, capture_output=True, text=True, env=dict(os.environ), timeout=timeout_s
     )
@@ -327,9 +327,9 @@ def test_a_full_redis_makes_the_producer_spool_and_the_drain_wait_uncommitted(tm
     import pytest
     import redis
 
+    from ckpt_pipeline.testing.local_redis import LocalRedis
     from producer import EventPublisher
     from scorer_worker.drain import drain_job
-    from scorer_worker.local_redis import LocalRedis
     from scorer_worker.settings import Settings
 
     server = LocalRedis(
@@ -367,7 +367,7 @@ def test_work_stops_on_the_first_sigterm(redis_client, pipeline_env):
 
     register_job(redis_client, "term", TOKEN)
     process = subprocess.Popen(
-        [sys.executable, "-m", "scorer_worker.cli", "work"], env=dict(os.environ)
+        [sys.executable, "-m", "ckpt_pipeline.cli", "work"], env=dict(os.environ)
     )
     try:
         deadline = time.monotonic() + 60

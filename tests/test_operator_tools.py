@@ -9,15 +9,15 @@ import sys
 
 import pytest
 
+from ckpt_pipeline.runner import run_all_in_one
+from ckpt_pipeline.status import pipeline_state
+from ckpt_pipeline.testing.local_redis import free_port
 from producer import EventPublisher
 from producer.events import build_event, encode_event
 from scorer_worker import keys
 from scorer_worker.deadletter import list_dead_letters, make_dead_letter
-from scorer_worker.local_redis import free_port
 from scorer_worker.registry import register_job
-from scorer_worker.runner import run_all_in_one
 from scorer_worker.state import JobState
-from scorer_worker.status import pipeline_state
 from scorer_worker.store import load_state
 
 JOB = "ops-job"
@@ -25,7 +25,7 @@ JOB = "ops-job"
 
 def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "scorer_worker.cli", *args],
+        [sys.executable, "-m", "ckpt_pipeline.cli", *args],
         capture_output=True, text=True, env=dict(os.environ), timeout=60,
     )  # fmt: skip
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from ckpt_pipeline.testing.local_postgres import LocalPostgres
 from producer import EventPublisher
 from scorer_worker.store import load_state
-from sink.local_postgres import LocalPostgres
 from sink.migrate import run_migrations
 from sink.writers.postgres import PostgresWriter
 from tests.test_end_to_end import cli, converge, rq_worker, train_run

@@ -22,10 +22,15 @@ import torch
 from safetensors.torch import load_file
 from transformers import EarlyStoppingCallback
 
+from ckpt_pipeline.demo.model import (
+    build_tiny_model,
+    corpus_text,
+    prepare_overfit_demo,
+    write_jsonl_dataset,
+)
 from producer import CheckpointEventsCallback
 from remote.credentials import create_pod_user
 from remote.render import read_embedded, render_script
-from remote.tiny import build_tiny_model, corpus_text, prepare_overfit_demo, write_jsonl_dataset
 from remote.training import (
     BEST_DIR,
     SpecError,
@@ -113,7 +118,7 @@ def workers(pipeline_env, tmp_path):
     """The trusted side in its own process: pump, scoring and sink worker (REDIS_URL trusted)."""
     log = (tmp_path / "work.log").open("w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "scorer_worker.cli", "work"],
+        [sys.executable, "-m", "ckpt_pipeline.cli", "work"],
         env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     yield process

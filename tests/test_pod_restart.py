@@ -17,6 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from ckpt_pipeline.demo.model import (
+    build_tiny_model,
+    corpus_text,
+    prepare_overfit_demo,
+    write_jsonl_dataset,
+)
 from producer import CheckpointEventsCallback
 from producer.spool import Spool
 from producer.wire import CHECKPOINT_SAVED, EVAL, TRAIN_END, TRAIN_LOG, stream_key
@@ -31,7 +37,6 @@ from remote.pod_main import (
     write_marker,
 )
 from remote.render import render_script
-from remote.tiny import build_tiny_model, corpus_text, prepare_overfit_demo, write_jsonl_dataset
 from remote.training import BEST_DIR, build_trainer, validate_spec
 from scorer_worker import keys
 from scorer_worker.registry import record_pod_user, register_job
@@ -211,7 +216,7 @@ def workers(pipeline_env, tmp_path):
     """The trusted side in its own process: pump, scoring and sink worker (REDIS_URL trusted)."""
     log = (tmp_path / "work.log").open("w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "scorer_worker.cli", "work"],
+        [sys.executable, "-m", "ckpt_pipeline.cli", "work"],
         env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     yield process

@@ -16,10 +16,10 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from scorer_worker.cli import main
+from ckpt_pipeline.cli import main
+from ckpt_pipeline.testing.local_postgres import LocalPostgres
 from scorer_worker.errors import ConfigError, PermanentSinkError, TransientSinkError
 from scorer_worker.settings import Settings
-from sink.local_postgres import LocalPostgres
 from sink.migrate import (
     MIGRATIONS_DIR,
     MigrationError,

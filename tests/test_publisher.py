@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import redis
 
+from ckpt_pipeline.testing.local_redis import LocalRedis, free_port
 from producer import EventPublisher
 from producer.events import build_event, encode_event
 from producer.spool import Spool
 from producer.wire import EVENT_FIELD, MAX_EVENT_BYTES, stream_key
-from scorer_worker.local_redis import LocalRedis, free_port
 from scorer_worker.models import decode_event
 
 JOB = "pub-job"

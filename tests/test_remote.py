@@ -18,15 +18,15 @@ import redis
 import torch
 from transformers import PrinterCallback, set_seed
 
+from ckpt_pipeline.demo.model import prepare_overfit_demo
+from ckpt_pipeline.runner import run_all_in_one
 from producer import CheckpointEventsCallback, EventPublisher
 from remote.bootstrap import SCRIPT_ENV
 from remote.credentials import create_pod_user, delete_pod_user, pod_acl_rules
 from remote.render import PRODUCER_DIR, read_embedded, render_script
-from remote.tiny import prepare_overfit_demo
 from remote.training import SpecError, build_trainer, validate_spec
 from scorer_worker import keys
 from scorer_worker.registry import record_pod_user, register_job
-from scorer_worker.runner import run_all_in_one
 from sink.writers.sqlite import SqliteWriter
 from tests.runpod_fake import Answer, FakeRunPod
 from tests.runpod_jobs import API_KEY, JOB_TOKEN, cli, runpod_env
@@ -105,7 +105,7 @@ def test_bad_specs_name_the_field(tmp_path):
     spec_file = tmp_path / "spec.json"
     spec_file.write_text(json.dumps({**good, "surprise": 1}))
     done = subprocess.run(
-        [sys.executable, "-m", "scorer_worker.cli", "remote", "render", str(spec_file)],
+        [sys.executable, "-m", "ckpt_pipeline.cli", "remote", "render", str(spec_file)],
         capture_output=True, text=True, cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 2 and "surprise" in done.stderr
@@ -149,7 +149,7 @@ def test_pod_run_is_scored_exactly_like_a_local_run(
     pod_best = Path(pod_row["best_checkpoint_path"]).name
     assert pod_best == Path(local_row["best_checkpoint_path"]).name
     listing = subprocess.run(
-        [sys.executable, "-m", "scorer_worker.cli", "checkpoints", pod_spec["output_dir"],
+        [sys.executable, "-m", "ckpt_pipeline.cli", "checkpoints", pod_spec["output_dir"],
          "--json"],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
@@ -291,7 +291,7 @@ def test_pod_credentials_read_only_their_own_decision_and_only_by_hmget(redis_cl
 
 def test_register_creates_the_same_pod_user(redis_client, pipeline_env):
     done = subprocess.run(
-        [sys.executable, "-m", "scorer_worker.cli", "register", "reg-job", "tok",
+        [sys.executable, "-m", "ckpt_pipeline.cli", "register", "reg-job", "tok",
          "--pod-credentials"],
         capture_output=True, text=True, check=True, env=os.environ, timeout=60,
     )  # fmt: skip

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from ckpt_pipeline.cli import launch as launch_command
+from ckpt_pipeline.runner import run_all_in_one
 from remote import bootstrap
 from remote import pod_record as rec
 from remote.launch import LaunchError, LaunchOptions, create_pod_body, launch_pod
@@ -27,8 +29,6 @@ from remote.render import read_embedded, render_script
 from remote.runpod import RetryPolicy, RunPodClient
 from remote.training import validate_spec
 from scorer_worker import keys
-from scorer_worker.cli import launch as launch_command
-from scorer_worker.runner import run_all_in_one
 from tests.runpod_fake import SHARED_DOCUMENT, Answer, FakeRunPod
 from tests.runpod_jobs import API_KEY, PodEvents, cli, create_row, runpod_env, write_spec
 

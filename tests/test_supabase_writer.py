@@ -17,13 +17,13 @@ from urllib.parse import parse_qsl, urlsplit
 import fakeredis
 import pytest
 
+from ckpt_pipeline.status import pipeline_state
+from ckpt_pipeline.testing.local_redis import free_port
 from scorer_worker.drain import drain_job
 from scorer_worker.errors import PermanentSinkError
-from scorer_worker.local_redis import free_port
 from scorer_worker.pump import Pump
 from scorer_worker.registry import register_job
 from scorer_worker.settings import Settings
-from scorer_worker.status import pipeline_state
 from sink import flush
 from sink.rows import METRIC_COLUMN_NAMES
 from sink.writers import WriteOutcome, retrying_write

@@ -13,8 +13,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from ckpt_pipeline.demo.model import (
+    build_tiny_model,
+    corpus_text,
+    prepare_overfit_demo,
+    write_jsonl_dataset,
+)
 from remote.render import read_embedded
-from remote.tiny import build_tiny_model, corpus_text, prepare_overfit_demo, write_jsonl_dataset
 from remote.training import (
     DEVICE_CHECKED,
     PROGRAM_OWNED,
@@ -356,7 +361,7 @@ def test_a_field_only_a_gpu_can_check_is_checked_by_the_pod():
 
 
 def render(spec_file: Path, *output: str, cwd: Path) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "scorer_worker.cli", "remote", "render", str(spec_file)]
+    command = [sys.executable, "-m", "ckpt_pipeline.cli", "remote", "render", str(spec_file)]
     return subprocess.run([*command, *output], capture_output=True, text=True, cwd=cwd)
 
 

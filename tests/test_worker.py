@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 
-from scorer_worker.worker import GC_THRESHOLDS, tune_gc
+from ckpt_pipeline.worker import GC_THRESHOLDS, tune_gc
 
 
 def test_tune_gc_freezes_the_imports_and_raises_the_thresholds():

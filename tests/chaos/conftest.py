@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from scorer_worker.local_redis import LocalRedis, free_port
-from sink.local_postgres import LocalPostgres
+from ckpt_pipeline.testing.local_postgres import LocalPostgres
+from ckpt_pipeline.testing.local_redis import LocalRedis, free_port
 from sink.migrate import run_migrations
 
 from .harness import Pipeline, pipeline_env

@@ -56,7 +56,7 @@ def procfile_commands(redis_url: str) -> dict[str, list[str]]:
         args = shlex.split(command.replace("$REDIS_URL", redis_url))
         beside = Path(sys.executable).with_name(args[0])
         if args[0] == "ckpt-pipeline":
-            args = [sys.executable, "-m", "scorer_worker.cli", *args[1:]]
+            args = [sys.executable, "-m", "ckpt_pipeline.cli", *args[1:]]
         elif beside.exists():
             args[0] = str(beside)
         commands[role.strip()] = args
@@ -612,7 +612,7 @@ def reference_run(
     Returns:
         The seconds it took.
     """
-    from scorer_worker.runner import run_all_in_one
+    from ckpt_pipeline.runner import run_all_in_one
     from scorer_worker.settings import Settings
 
     client = redis.Redis.from_url(redis_url)

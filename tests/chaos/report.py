@@ -310,7 +310,7 @@ NOT_COVERED = """\
 METHOD = """\
 - Every experiment runs the Procfile's commands as separate processes (`ckpt-pipeline
   pump`, `rq worker scoring|sink --worker-class
-  scorer_worker.worker.PipelineWorker --connection-class
+  ckpt_pipeline.worker.PipelineWorker --connection-class
   scorer_worker.connection.RetryingRedis`) against a private `redis-server` (AOF on, fixed
   port so it can restart) and a private PostgreSQL (migrations applied), from
   `tests/chaos/conftest.py`.

@@ -43,7 +43,7 @@ POISON_MAX_ATTEMPTS = 3
 def cli(redis_url: str, sink_url: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "REDIS_URL": redis_url, "CKPT_SINK": sink_url, "PYTHONPATH": str(REPO)}
     return subprocess.run(
-        [sys.executable, "-m", "scorer_worker.cli", *args],
+        [sys.executable, "-m", "ckpt_pipeline.cli", *args],
         env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
 

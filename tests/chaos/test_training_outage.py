@@ -242,7 +242,7 @@ def spool_survives_a_killed_training_process(
         if how == "cli":
             env = {**os.environ, "REDIS_URL": server.url, "PYTHONPATH": str(REPO)}
             done = subprocess.run(
-                [sys.executable, "-m", "scorer_worker.cli", "spool", "flush", str(spool)],
+                [sys.executable, "-m", "ckpt_pipeline.cli", "spool", "flush", str(spool)],
                 env=env, capture_output=True, text=True, timeout=60,
             )  # fmt: skip
             assert done.returncode == 0, done.stderr

@@ -20,9 +20,9 @@ from typing import Any
 
 from transformers import PrinterCallback, TrainerCallback, set_seed
 
+from ckpt_pipeline.demo.model import prepare_overfit_demo
 from producer import CheckpointEventsCallback, EventPublisher
 from producer.events import build_event, encode_event
-from remote.tiny import prepare_overfit_demo
 from remote.training import build_trainer
 
 

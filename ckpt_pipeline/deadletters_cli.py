@@ -11,9 +11,8 @@ import click
 
 from producer.redaction import terminal_safe
 from producer.wire import EVENT_FIELD, is_valid_job_id
-
-from . import keys
-from .deadletter import (
+from scorer_worker import keys
+from scorer_worker.deadletter import (
     DeadLetter,
     dead_letter_jobs,
     delete_dead_letters,
@@ -29,8 +28,8 @@ def dead() -> None:
 
 
 def _redis() -> Any:
-    from .connection import connect
-    from .settings import Settings
+    from scorer_worker.connection import connect
+    from scorer_worker.settings import Settings
 
     return connect(Settings.from_env())
 

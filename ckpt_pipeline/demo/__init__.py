@@ -36,12 +36,13 @@ from typing import Any
 import click
 from transformers import TrainerCallback
 
-from .local_redis import INSTALL_HINT, LocalRedis
-from .ranking import Decision, ScoredEval, decide
-from .scoring import get_profile
-from .settings import Settings
-from .state import JobState
-from .store import load_state
+from scorer_worker.ranking import Decision, ScoredEval, decide
+from scorer_worker.scoring import get_profile
+from scorer_worker.settings import Settings
+from scorer_worker.state import JobState
+from scorer_worker.store import load_state
+
+from ..testing.local_redis import INSTALL_HINT, LocalRedis
 
 CONVERGE_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
@@ -97,7 +98,7 @@ def run_demo(workdir: Path) -> dict[str, Any]:
         _create_jobs(settings, client, [loop_job, control_job])
         from transformers.utils import logging as hf_logging
 
-        from remote.tiny import prepare_overfit_demo
+        from .model import prepare_overfit_demo
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
@@ -123,7 +124,7 @@ def run_demo(workdir: Path) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _redis_backend(workdir: Path) -> Iterator[tuple[str | None, Any]]:
-    from .connection import connect
+    from scorer_worker.connection import connect
 
     try:
         server = LocalRedis(workdir / "redis").start()
@@ -142,9 +143,8 @@ def _redis_backend(workdir: Path) -> Iterator[tuple[str | None, Any]]:
 
 
 def _create_jobs(settings: Settings, client: Any, job_ids: list[str]) -> None:
+    from scorer_worker.registry import register_job
     from sink.writers.sqlite import SqliteWriter
-
-    from .registry import register_job
 
     writer = SqliteWriter(settings.sink_url.removeprefix("sqlite:///"))
     writer.ensure_schema()
@@ -172,14 +172,14 @@ def _beside_workers(
     worker installs signal handlers, which only the main thread may do.
     """
     if separate_process:
-        command = [sys.executable, "-m", "scorer_worker.cli", "work"]
+        command = [sys.executable, "-m", "ckpt_pipeline.cli", "work"]
         process = subprocess.Popen(command, env=env)
         click.echo(f"pump + scoring + sink workers running (pid {process.pid})")
         try:
             return work()
         finally:
             _stop_workers(process)
-    from .runner import run_all_in_one
+    from ..runner import run_all_in_one
 
     done = threading.Event()
     outcome: dict[str, Any] = {}
@@ -378,7 +378,7 @@ def _weights_match(model: Any, checkpoint: Path) -> bool | None:
 
 
 def _wait_for_row(settings: Settings, client: Any, job_id: str) -> dict[str, Any]:
-    from .status import job_status
+    from ..status import job_status
 
     deadline = time.monotonic() + CONVERGE_TIMEOUT_S
     while True:
@@ -401,9 +401,9 @@ def composite_best(decision: Decision) -> ScoredEval | None:
 
 
 def _report(workdir: Path, control: RunResult, loop: RunResult) -> None:
-    from .listing import list_checkpoints
-    from .plot import plot_run
-    from .report import format_evals, format_picks, format_row, format_side_by_side
+    from ..listing import list_checkpoints
+    from ..plot import plot_run
+    from ..report import format_evals, format_picks, format_row, format_side_by_side
 
     assert loop.state is not None and loop.decision is not None
     assert control.state is not None and control.decision is not None

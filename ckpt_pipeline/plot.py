@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .ranking import Decision
-from .state import JobState
+from scorer_worker.ranking import Decision
+from scorer_worker.state import JobState
 
 
 def plot_run(

@@ -6,12 +6,11 @@ import os
 from typing import Any
 
 from producer.wire import checkpoint_step
-
-from .history import checkpoint_dirs, run_events
-from .models import WireEvent
-from .ranking import Decision, decide
-from .scoring import Profile, get_profile
-from .state import JobState
+from scorer_worker.history import checkpoint_dirs, run_events
+from scorer_worker.models import WireEvent
+from scorer_worker.ranking import Decision, decide
+from scorer_worker.scoring import Profile, get_profile
+from scorer_worker.state import JobState
 
 LISTING_JOB_ID = "offline-listing"
 

@@ -8,12 +8,11 @@ from typing import Any
 
 from producer.redaction import redact_value
 from producer.wire import DECISION_SCORE_PREFIX
-
-from . import keys
-from .deadletter import list_dead_letters
-from .registry import job_secrets
-from .settings import Settings
-from .store import load_state
+from scorer_worker import keys
+from scorer_worker.deadletter import list_dead_letters
+from scorer_worker.registry import job_secrets
+from scorer_worker.settings import Settings
+from scorer_worker.store import load_state
 
 SECRET_FIELDS = ("token", "job_token", "pod_password")
 

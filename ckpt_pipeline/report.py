@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .ranking import Decision, ScoredEval
+from scorer_worker.ranking import Decision, ScoredEval
 
 ROW_FIELDS = (
     "status", "current_step", "progress", "loss", "eval_loss", "best_eval_loss", "best_epoch",

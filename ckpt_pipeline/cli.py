@@ -22,9 +22,8 @@ from redis.exceptions import OutOfMemoryError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from producer.redaction import terminal_safe
-
-from .errors import PipelineError
-from .settings import Settings
+from scorer_worker.errors import PipelineError
+from scorer_worker.settings import Settings
 
 # How long replay waits for the publisher: for room in its queue, then for the last batches.
 REPLAY_WAIT_S = 60.0
@@ -35,7 +34,7 @@ def _settings() -> Settings:
 
 
 def _redis(settings: Settings, *, ride_out_outages: bool = False) -> Any:
-    from .connection import connect
+    from scorer_worker.connection import connect
 
     return connect(settings, ride_out_outages=ride_out_outages)
 
@@ -123,7 +122,7 @@ def register(
     job_id: str, job_token: str, create_row: bool, model_name: str, pod_credentials: bool
 ) -> None:
     """Register JOB_ID with its JOB_TOKEN so the pipeline scores it and writes its row."""
-    from .registry import register_job
+    from scorer_worker.registry import register_job
 
     # Everything is checked before anything is written: a refused id or token leaves no row,
     # no registration and no key behind.
@@ -149,8 +148,7 @@ def register(
 
 def _create_pod_credentials(settings: Settings, redis: Any, job_id: str) -> Any:
     from remote.credentials import create_pod_user
-
-    from .registry import record_pod_user
+    from scorer_worker.registry import record_pod_user
 
     credentials = create_pod_user(redis, job_id, settings.pod_redis_url or settings.redis_url)
     record_pod_user(redis, job_id, credentials.username, credentials.password)
@@ -195,7 +193,7 @@ def _drop_created_row(settings: Settings, job_id: str, job_token: str) -> None:
 @click.argument("job_id")
 def unregister(job_id: str) -> None:
     """Remove JOB_ID from the active jobs and delete its pod user (state and row stay)."""
-    from .registry import unregister_job
+    from scorer_worker.registry import unregister_job
 
     _check_job_id(job_id)
     unregister_job(_redis(_settings()), job_id)
@@ -208,9 +206,8 @@ def unregister(job_id: str) -> None:
 def replay(job_id: str, output_dir: str) -> None:
     """Publish the events of a finished run in OUTPUT_DIR as JOB_ID (back-fills old runs)."""
     from producer import EventPublisher
-
-    from .connection import probe
-    from .history import run_events
+    from scorer_worker.connection import probe
+    from scorer_worker.history import run_events
 
     _check_job_id(job_id)
     settings = _settings()
@@ -245,7 +242,8 @@ def replay(job_id: str, output_dir: str) -> None:
 )
 def pump(burst: bool, shard: str) -> None:
     """Run the reconciler that enqueues drains and flushes for jobs that are behind."""
-    from .pump import Pump
+    from scorer_worker.pump import Pump
+
     from .worker import tune_gc
 
     index, _, count = shard.partition("/")
@@ -276,7 +274,8 @@ def _pod_lifecycle(redis: Any, *, background: bool) -> Any:
 @click.option("--burst", is_flag=True, help="Exit when nothing is behind.")
 def work(burst: bool) -> None:
     """Run the pump and a scoring and a sink worker in one process."""
-    from .connection import PROBE_TIMEOUT_S, probe
+    from scorer_worker.connection import PROBE_TIMEOUT_S, probe
+
     from .runner import run_all_in_one
 
     settings = _settings()
@@ -303,8 +302,9 @@ def work(burst: bool) -> None:
 @click.option("--profile", default="default", show_default=True, help="Scoring profile.")
 def checkpoints(directory: str, as_json: bool, profile: str) -> None:
     """List the checkpoints of a run folder with their scores; mark the best and the latest."""
+    from scorer_worker.scoring import get_profile
+
     from .listing import list_checkpoints
-    from .scoring import get_profile
 
     listing = list_checkpoints(directory, get_profile(profile))
     if as_json:
@@ -502,8 +502,7 @@ def _launch(
     from remote.lifecycle import LifecycleConfig
     from remote.pod_record import record_launch
     from remote.runpod import RunPodClient
-
-    from .registry import drop_pod_user, register_job
+    from scorer_worker.registry import drop_pod_user, register_job
 
     job_id = spec["job_id"]
     redis = _redis(settings)

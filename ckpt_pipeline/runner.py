@@ -14,9 +14,9 @@ from typing import Any
 from rq import Queue, SimpleWorker
 from rq.exceptions import StopRequested
 
-from . import keys
-from .pump import Pump
-from .settings import Settings
+from scorer_worker import keys
+from scorer_worker.pump import Pump
+from scorer_worker.settings import Settings
 
 log = logging.getLogger(__name__)
 

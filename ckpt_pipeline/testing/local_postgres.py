@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from scorer_worker.local_redis import free_port
+from ckpt_pipeline.testing.local_redis import free_port
 
 INSTALL_HINT = (
     "install the PostgreSQL server with `apt-get install postgresql` (Debian/Ubuntu) or "
