@@ -6,8 +6,12 @@ cost O(history). The drain keeps them here instead, in the state head. An event 
 the run (a train log or eval past every step seen, a checkpoint at a new step, the first end)
 updates them in O(1), a new latest checkpoint in O(retained). Anything else (a resume, an
 event at or below a step already seen, a second end) makes the drain load the whole state and
-rebuild the summary with :func:`scorer_worker.ranking.summarize`, the reference it must
-always equal (tests compare the two after random event orders).
+rebuild the summary with :meth:`Summary.rebuild`, which replays the records through the same
+fold in step order: the sequence rules of DESIGN section 4 live here only.
+
+Each pick carries its score breakdown, so the sink maps stored facts and never scores. A
+summary stored before picks had one decodes with ``breakdown`` None; :attr:`Summary.stale`
+then makes the drain's next change rebuild it, and until then the row's breakdown is null.
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ class Pick:
     epochs_without_improvement: int
     score: float
     ordinal: int = 0  # position among the job's evaluations by step
+    # The score's terms and context (score_eval's breakdown); None when stored by an older
+    # version. Not hashed: a dict is not hashable.
+    breakdown: dict[str, Any] | None = field(default=None, hash=False)
 
 
 @dataclass
@@ -63,11 +70,31 @@ class Summary:
         """Evaluations after the best one (all of them while there is no best)."""
         return self.eval_count - 1 - self.best.ordinal if self.best else self.eval_count
 
+    @property
+    def stale(self) -> bool:
+        """True when a pick was stored without its breakdown (by an older version)."""
+        picks = (self.best, self.best_by_eval_loss, self.last_eval)
+        return any(pick is not None and pick.breakdown is None for pick in picks)
+
+    @property
+    def diverged(self) -> bool:
+        """True when the latest evaluation could not be scored (non-finite or missing loss)."""
+        return self.last_eval is not None and not math.isfinite(self.last_eval.score)
+
+    @property
+    def usable_previous_eval_loss(self) -> float | None:
+        """The loss of the evaluation before the latest one, if finite and non-negative."""
+        previous = self.previous_eval_loss
+        return previous if is_usable_loss(previous) else None
+
     def accepts(self, event: WireEvent, state: Any) -> bool:
         """Return True when ``event``, applied to ``state``, can be folded in incrementally.
 
         Called before the event is applied; ``state`` holds the records at the event's step.
+        A :attr:`stale` summary accepts nothing: the change rebuilds it with breakdowns.
         """
+        if self.stale:
+            return False
         step = event.step
         if event.kind == "train_log":
             return _above(step, self.max_train_step) and _above(step, self.max_eval_step)
@@ -102,16 +129,51 @@ class Summary:
         (a new latest checkpoint re-picks the best among the retained ones).
         """
         step = event.step
-        self.first_ts = event.ts if self.first_ts is None else min(self.first_ts, event.ts)
-        self.last_ts = event.ts if self.last_ts is None else max(self.last_ts, event.ts)
-        if event.kind != "train_begin":  # a begin's step is where it resumed, not progress
-            self.max_step = max(self.max_step, step)
+        # A begin's step is where it resumed, not progress.
+        self._observe_fact(event.ts, None if event.kind == "train_begin" else step)
         if event.kind == "train_log":
             self._observe_train(step, state.train[step])
         elif event.kind == "eval":
             self._observe_eval(step, state.evals[step], profile)
         elif event.kind == "checkpoint_saved":
             self._observe_save(state, state.saves[step], profile, load_evals)
+
+    @classmethod
+    def rebuild(cls, state: Any, profile: Profile) -> tuple[Summary, list[Pick]]:
+        """Fold every record of a fully loaded ``state`` afresh, in the order a run makes them.
+
+        Train logs and evaluations go by step (a train log before the evaluation at its step:
+        the pair's train loss is the latest at a step <= the eval's), then the latest save
+        (the only one whose retained list counts). Each evaluation's context is stored on its
+        record, which the incremental path reads when a new checkpoint re-picks the best.
+
+        Returns:
+            The summary, and every evaluation's pick in step order.
+        """
+        summary, picks = cls(), []
+        for begin in state.begins:
+            summary._observe_fact(begin.ts, None)
+        ordered = sorted([(s, 0) for s in state.train] + [(s, 1) for s in state.evals])
+        for step, is_eval in ordered:
+            record = state.evals[step] if is_eval else state.train[step]
+            summary._observe_fact(record.ts, step)
+            if is_eval:
+                picks.append(summary._observe_eval(step, record, profile))
+            else:
+                summary._observe_train(step, record)
+        for step, save in state.saves.items():
+            summary._observe_fact(save.ts, step)
+        if state.latest_save is not None:  # every record is loaded: nothing to load
+            summary._observe_save(state, state.latest_save, profile, lambda _steps: None)
+        if state.end is not None:
+            summary._observe_fact(state.end.ts, state.end.step)
+        return summary, picks
+
+    def _observe_fact(self, ts: float, step: int | None) -> None:
+        self.first_ts = ts if self.first_ts is None else min(self.first_ts, ts)
+        self.last_ts = ts if self.last_ts is None else max(self.last_ts, ts)
+        if step is not None:
+            self.max_step = max(self.max_step, step)
 
     def _observe_train(self, step: int, record: Any) -> None:
         self.max_train_step = step
@@ -125,7 +187,7 @@ class Summary:
         if epoch is not None and (self.epoch_at is None or (step, epoch) > self.epoch_at):
             self.epoch_at = (step, epoch)
 
-    def _observe_eval(self, step: int, record: Any, profile: Profile) -> None:
+    def _observe_eval(self, step: int, record: Any, profile: Profile) -> Pick:
         previous = self.last_eval
         ewi = epochs_without_improvement(
             record.eval_loss,
@@ -144,6 +206,7 @@ class Summary:
         self._observe_epoch(step, record.epoch)
         if self.retained is None or step in self.retained:
             self.offer(pick)
+        return pick
 
     def _observe_save(
         self,
@@ -201,10 +264,11 @@ class Summary:
 def pick_of(step: int, record: Any, profile: Profile) -> Pick:
     """Score an evaluation record from its stored context (paired loss, epochs w/o impr.)."""
     ewi = record.epochs_without_improvement
-    score = score_eval(record.eval_loss, record.paired_train_loss, ewi, profile).value
+    score = score_eval(record.eval_loss, record.paired_train_loss, ewi, profile)
     return Pick(
-        step, record.epoch, record.eval_loss, record.paired_train_loss, ewi, score, record.ordinal
-    )
+        step, record.epoch, record.eval_loss, record.paired_train_loss, ewi, score.value,
+        record.ordinal, score.breakdown,
+    )  # fmt: skip
 
 
 def retained_steps(names: Iterable[str]) -> list[int]:

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from redis.exceptions import LockError
+from redis.lock import Lock
+
+from producer.wire import as_text
 from scorer_worker import keys
 from scorer_worker.errors import PermanentSinkError, TransientSinkError
+from scorer_worker.facts import load_for_row
 from scorer_worker.levels import levels_from_meta
 from scorer_worker.settings import Settings
 from scorer_worker.state import JobState
-from scorer_worker.store import load_for_row
 
 from .rows import job_row, metric_rows
 from .writers import retrying_write, writer_from_settings
@@ -38,11 +41,6 @@ redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
 return 1
 """
 )
-# Delete the lock only if it is still ours (it may have expired and been taken).
-_RELEASE_SCRIPT = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 @dataclass
@@ -63,32 +61,45 @@ def flush_job(redis: Any, job_id: str, settings: Settings, writer: Any = None) -
     next pump pass; a permanent one (missing row, wrong token) is recorded and not retried
     until the job is registered again or its state moves on.
     """
-    lock_value = uuid.uuid4().hex
-    lock_key = keys.flush_lock(job_id)
-    if not redis.set(lock_key, lock_value, nx=True, ex=settings.flush_lock_ttl_s):
+    # thread_local=False: the lock object is this call's own, and a writer may sleep (renew)
+    # from another thread.
+    lock = redis.lock(
+        keys.flush_lock(job_id),
+        timeout=settings.flush_lock_ttl_s,
+        blocking=False,
+        thread_local=False,
+    )
+    if not lock.acquire():
         return FlushResult(job_id, "busy")
     try:
         return _flush_locked(
-            redis,
-            job_id,
-            settings,
-            writer,
-            _LockRenewer(redis, lock_key, lock_value, settings.flush_lock_ttl_s),
+            redis, job_id, settings, writer, _LockRenewer(lock, settings.flush_lock_ttl_s)
         )
     finally:
-        _release(redis, lock_key, lock_value)
+        _release(lock, job_id)
 
 
 class _LockRenewer:
     """Sleeps between write attempts and extends the flush lock, which must outlive retries."""
 
-    def __init__(self, redis: Any, key: str, value: str, ttl_s: int) -> None:
-        self.redis, self.key, self.value, self.ttl_s = redis, key, value, ttl_s
+    def __init__(self, lock: Lock, ttl_s: int) -> None:
+        self.lock, self.ttl_s = lock, ttl_s
 
     def __call__(self, seconds: float) -> None:
-        if _text(self.redis.get(self.key)) == self.value:
-            self.redis.expire(self.key, self.ttl_s + int(seconds) + 1)
+        try:
+            self.lock.extend(self.ttl_s + int(seconds) + 1, replace_ttl=True)
+        except LockError:
+            # Expired (and maybe taken): the retry goes on, as the row's version condition
+            # keeps a second writer from overwriting a newer row.
+            log.warning("flush lock of %s lost while retrying", self.lock.name)
         time.sleep(seconds)
+
+
+def _release(lock: Lock, job_id: str) -> None:
+    try:
+        lock.release()  # deletes the key only if it still holds this lock's token
+    except LockError:
+        log.warning("flush lock of %s expired before the flush ended", job_id)
 
 
 def _flush_locked(
@@ -98,7 +109,7 @@ def _flush_locked(
         pipe.hgetall(keys.meta(job_id))
         pipe.exists(keys.state(job_id))
         meta, state_exists = pipe.execute()
-    meta = {_text(k): _text(v) for k, v in meta.items()}
+    meta = {as_text(k): as_text(v) for k, v in meta.items()}
     levels = levels_from_meta(meta)
     written = levels.written
     if not state_exists:
@@ -113,6 +124,8 @@ def _flush_locked(
     state = load_for_row(redis, job_id, written)
     if state.version <= written:
         return FlushResult(job_id, "up-to-date", state.version)
+    if state.summary is None:
+        return _await_summary(redis, job_id, state.version)
     token = meta.get("token")
     if not token:
         _record(redis, job_id, state.version, "permanent", "job is not registered (no token)")
@@ -177,9 +190,10 @@ def _record(redis: Any, job_id: str, version: int, kind: str, message: str) -> N
     )
 
 
-def _release(redis: Any, lock_key: str, lock_value: str) -> None:
-    redis.register_script(_RELEASE_SCRIPT)(keys=[lock_key], args=[lock_value])
-
-
-def _text(value: Any) -> Any:
-    return value.decode() if isinstance(value, bytes) else value
+def _await_summary(redis: Any, job_id: str, version: int) -> FlushResult:
+    # A state committed before summaries existed: the sink does not score, so the row waits
+    # for the scorer's next commit of the job, which rebuilds the summary.
+    message = "state has no summary yet (written by an older scorer); waiting for a rebuild"
+    log.warning("row of job %s not written: %s", job_id, message)
+    redis.hset(keys.meta(job_id), mapping={"sink_error": message, "sink_error_kind": "transient"})
+    return FlushResult(job_id, "deferred", version)

@@ -2,6 +2,9 @@
 
 ``local_training_jobs`` gets one row per job (DESIGN section 5); ``local_training_metrics``
 gets one row per (job_id, step), train and eval values merged.
+
+The sink maps facts: every score, pick and breakdown comes from the summary the scorer
+committed with the state; nothing here scores.
 """
 
 from __future__ import annotations
@@ -12,9 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from producer.redaction import db_safe, redact
-from producer.wire import CHECKPOINT_PREFIX
-from scorer_worker.ranking import summarize
-from scorer_worker.scoring import Profile, get_profile, is_usable_loss, score_eval
+from producer.wire import CHECKPOINT_PREFIX, spell_non_finite
 from scorer_worker.state import JobState
 from scorer_worker.summary import Pick, Summary
 
@@ -80,14 +81,18 @@ def job_row(
 ) -> dict[str, Any]:
     """Map a job's state to the ``local_training_jobs`` columns (all of JOB_COLUMN_NAMES).
 
-    The history-wide values come from ``summary`` (the state's own, kept by the drain; or,
-    for a state without one, rebuilt from its records), so the head of the state suffices.
-    Non-finite numbers become None (JSON and PostgREST cannot carry them); ``loss_trend``
-    says ``diverged`` instead. Text from the producer (the error, the output folder) has the
-    job's ``secrets`` and any URL password masked, and NUL removed (PostgreSQL refuses it).
+    The history-wide values come from ``summary`` (by default the state's own, committed by
+    the scorer), so the head of the state suffices. Non-finite numbers become None (JSON and
+    PostgREST cannot carry them); ``loss_trend`` says ``diverged`` instead. Text from the
+    producer (the error, the output folder) has the job's ``secrets`` and any URL password
+    masked, and NUL removed (PostgreSQL refuses it).
+
+    Raises:
+        ValueError: when there is no summary (the sink does not summarize a state itself).
     """
-    profile = get_profile(state.profile)
-    s = summary or state.summary or summarize(state, profile)
+    s = summary or state.summary
+    if s is None:
+        raise ValueError(f"state of {state.job_id} has no summary: the scorer commits one")
     begin = state.latest_begin
     best, by_loss, last = s.best, s.best_by_eval_loss, s.last_eval
     loss = _latest_train(s, "loss")
@@ -121,7 +126,7 @@ def job_row(
         "completed_at": iso_time(state.end.ts) if state.end else None,
         "updated_at": iso_time(s.last_ts),
         "scoring_version": state.version,
-        "best_score_breakdown": json_safe(_breakdown(best, by_loss, profile)),
+        "best_score_breakdown": json_safe(_breakdown(best, by_loss)),
     }
     return {name: _column_safe(value) for name, value in row.items()}
 
@@ -175,10 +180,10 @@ def loss_trend(summary: Summary) -> str | None:
     last = summary.last_eval
     if last is None:
         return None
-    if not math.isfinite(last.score):
+    if summary.diverged:
         return "diverged"
-    previous, latest = summary.previous_eval_loss, last.eval_loss
-    if not is_usable_loss(previous):
+    previous, latest = summary.usable_previous_eval_loss, last.eval_loss
+    if previous is None:
         return None
     if latest < previous * (1 - TREND_TOLERANCE):
         return "improving"
@@ -205,8 +210,8 @@ def json_safe(value: Any) -> Any:
     """Return ``value`` with non-finite floats spelled as the wire strings (for jsonb)."""
     if isinstance(value, dict):
         return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, float):
+        return spell_non_finite(value)
     return value
 
 
@@ -241,13 +246,14 @@ def _latest_train(summary: Summary, name: str) -> float | None:
     return latest[1] if latest else None
 
 
-def _breakdown(best: Pick | None, by_loss: Pick | None, profile: Profile) -> dict | None:
+def _breakdown(best: Pick | None, by_loss: Pick | None) -> dict | None:
     if best is None and by_loss is None:
         return None
-    breakdown: dict[str, Any] = {}
-    if best is not None:
-        ewi = best.epochs_without_improvement
-        breakdown = dict(score_eval(best.eval_loss, best.train_loss, ewi, profile).breakdown)
+    if best is not None and best.breakdown is None:
+        # Stored by a version whose picks had no breakdown: null until the scorer rebuilds
+        # the summary (its next change of the job), rather than a score made up here.
+        return None
+    breakdown: dict[str, Any] = dict(best.breakdown) if best is not None else {}
     breakdown["eval_loss_pick"] = eval_loss_pick(by_loss)
     return breakdown
 

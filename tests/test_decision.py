@@ -13,13 +13,13 @@ from producer.wire import decision_key, decode_decision_entry
 from scorer_worker import keys
 from scorer_worker.bulk import drain_many
 from scorer_worker.drain import drain_job
-from scorer_worker.ranking import decide
 from scorer_worker.settings import Settings
 from scorer_worker.state import JobState
 from scorer_worker.store import compact_state, load_state
 from sink.rows import job_row
 
 from .helpers import JOB, begin, end, evaluation, saved, train
+from .oracle import decide
 from .test_drain_pump_flush import publish, to_wire
 
 # DESIGN section 4's reference run: the third evaluation wins on score, the fifth is never best.
@@ -45,7 +45,7 @@ def read_decision(redis, job=JOB) -> dict[str, str]:
 
 
 def expected_decision(state: JobState) -> dict[str, str]:
-    """The decision of ``state`` computed from scratch (``ranking.decide``), without version."""
+    """The decision of ``state`` by the oracle (not the fold), without version."""
     decision = decide(state)
     best = decision.best
     fields = {

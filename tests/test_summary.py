@@ -13,13 +13,14 @@ from hypothesis import strategies as st
 
 from scorer_worker import keys
 from scorer_worker.drain import drain_job
-from scorer_worker.ranking import summarize
+from scorer_worker.facts import load_for_row
 from scorer_worker.settings import Settings
 from scorer_worker.state import JobState
-from scorer_worker.store import StateTransaction, compact_state, load_for_row, load_state
+from scorer_worker.store import StateTransaction, compact_state, load_state
 from sink.rows import job_row, loss_trend
 
 from .helpers import JOB, begin, evaluation, fold, saved, train
+from .oracle import summarize
 from .test_drain_pump_flush import publish, raw_run, to_wire
 from .test_order_independence import runs
 
@@ -54,7 +55,8 @@ def test_incremental_summary_equals_the_rebuilt_one_in_any_order(run, data):
     publish(fake, [to_wire(e) for e in events[cut:]])
     drain_job(fake, JOB, settings)
     assert stored_summary(fake) == reference_summary(fake)
-    expected = job_row(fold(run))
+    folded = fold(run)
+    expected = job_row(folded, summarize(folded))
     expected.pop("scoring_version")
     got = job_row(load_for_row(fake, JOB, written_version=1))
     got.pop("scoring_version")
@@ -125,6 +127,6 @@ def test_a_new_or_re_registered_job_gets_every_record():
 def test_an_eval_without_loss_before_a_good_one_has_no_trend():
     state = fold([begin(), train(10, 1.0), evaluation(10, None), evaluation(20, 0.5)])
     assert loss_trend(summarize(state)) is None
-    assert job_row(state)["loss_trend"] is None
+    assert job_row(state, summarize(state))["loss_trend"] is None
     diverged = fold([begin(), evaluation(10, 0.5), evaluation(20, math.nan)])
-    assert job_row(diverged)["loss_trend"] == "diverged"
+    assert job_row(diverged, summarize(diverged))["loss_trend"] == "diverged"
