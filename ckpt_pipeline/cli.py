@@ -243,6 +243,7 @@ def replay(job_id: str, output_dir: str) -> None:
 def pump(burst: bool, shard: str) -> None:
     """Run the reconciler that enqueues drains and flushes for jobs that are behind."""
     from scorer_worker.pump import Pump
+    from sink.tasks import FLUSH
 
     from .worker import tune_gc
 
@@ -250,7 +251,9 @@ def pump(burst: bool, shard: str) -> None:
     settings = _settings()
     redis = _redis(settings, ride_out_outages=not burst)
     lifecycle = _pod_lifecycle(redis, background=not burst)
-    reconciler = Pump(redis, settings, int(index), int(count or 1), after_pass=lifecycle)
+    reconciler = Pump(
+        redis, settings, int(index), int(count or 1), after_pass=lifecycle, flush=FLUSH
+    )
     if burst:
         result = reconciler.run_once()
         click.echo(

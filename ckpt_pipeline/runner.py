@@ -14,9 +14,10 @@ from typing import Any
 from rq import Queue, SimpleWorker
 from rq.exceptions import StopRequested
 
-from scorer_worker import keys
 from scorer_worker.pump import Pump
+from scorer_worker.routes import DRAIN, composed
 from scorer_worker.settings import Settings
+from sink.tasks import FLUSH
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +41,11 @@ def run_all_in_one(
         The number of pump passes made.
     """
     stop = stop or threading.Event()
-    pump = Pump(redis, settings, after_pass=after_pass)
-    queues = [Queue(keys.SCORING_QUEUE, connection=redis), Queue(keys.SINK_QUEUE, connection=redis)]
+    pump = Pump(redis, settings, after_pass=after_pass, flush=FLUSH)
+    queues = [Queue(DRAIN.queue, connection=redis), Queue(FLUSH.queue, connection=redis)]
     try:
-        return _loop(pump, queues, redis, settings, burst, stop)
+        with composed(settings, FLUSH):  # the worker below runs its tasks in this process
+            return _loop(pump, queues, redis, settings, burst, stop)
     except (StopRequested, KeyboardInterrupt):
         # The worker's SIGTERM/SIGINT handlers stay installed between bursts: a stop request
         # arriving while the pump sleeps lands here, between tasks, so it is a clean exit.

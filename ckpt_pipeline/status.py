@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from producer.redaction import redact_value
-from producer.wire import DECISION_SCORE_PREFIX
+from producer.wire import DECISION_SCORE_PREFIX, as_text
 from scorer_worker import keys
 from scorer_worker.deadletter import list_dead_letters
 from scorer_worker.registry import job_secrets
@@ -19,7 +19,7 @@ SECRET_FIELDS = ("token", "job_token", "pod_password")
 
 def pipeline_state(redis: Any, job_id: str) -> dict[str, Any]:
     """Return the job's lag, versions, dead letters and sink errors."""
-    meta = {_text(k): _text(v) for k, v in redis.hgetall(keys.meta(job_id)).items()}
+    meta = {as_text(k): as_text(v) for k, v in redis.hgetall(keys.meta(job_id)).items()}
     state = load_state(redis, job_id)
     version = state.version
     written = int(meta.get("written_version") or 0)
@@ -45,7 +45,7 @@ def pipeline_state(redis: Any, job_id: str) -> dict[str, Any]:
 
 def decision_header(redis: Any, job_id: str) -> dict[str, str] | None:
     """Return the decision the job's producer reads, without its per-step scores."""
-    fields = {_text(k): _text(v) for k, v in redis.hgetall(keys.decision(job_id)).items()}
+    fields = {as_text(k): as_text(v) for k, v in redis.hgetall(keys.decision(job_id)).items()}
     header = {k: v for k, v in fields.items() if not k.startswith(DECISION_SCORE_PREFIX)}
     return header or None
 
@@ -91,7 +91,3 @@ def _job_status(settings: Settings, redis: Any, job_id: str) -> dict[str, Any]:
         report["row"] = {k: v for k, v in row.items() if k not in SECRET_FIELDS}
         report["picks"] = picks(row)
     return report
-
-
-def _text(value: Any) -> Any:
-    return value.decode() if isinstance(value, bytes) else value

@@ -32,11 +32,19 @@ def tune_gc() -> None:
 
 
 class PipelineWorker(SimpleWorker):
-    """``SimpleWorker`` that imports both queues' task modules at start, then tunes the GC."""
+    """``SimpleWorker`` that composes the pipeline once at start, then tunes the GC.
+
+    It imports both queues' task modules (loaded once, not on the first task), builds the
+    settings once from the environment, and hands the tasks those settings and the sink's
+    flush route (the scorer asks for flushes through it without importing the sink).
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        import scorer_worker.tasks  # noqa: F401  (loaded once, not on the first task)
-        import sink.tasks  # noqa: F401
+        import scorer_worker.tasks  # noqa: F401
+        from scorer_worker.routes import configure_process
+        from scorer_worker.settings import Settings
+        from sink.tasks import FLUSH
 
+        configure_process(Settings.from_env(), FLUSH)
         super().__init__(*args, **kwargs)
         tune_gc()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import re
+from typing import Any
 
 WIRE_VERSION = 1
 EVENT_FIELD = "event"
@@ -131,6 +132,12 @@ def spell_non_finite(value: float) -> str | float:
     return value
 
 
-def as_text(value: object) -> object:
-    """Return ``value`` decoded from UTF-8 when it is bytes (a Redis reply), else unchanged."""
-    return value.decode() if isinstance(value, bytes) else value
+def as_text(value: Any, errors: str = "strict") -> Any:
+    """Return ``value`` decoded from UTF-8 when it is bytes (a Redis reply), else unchanged.
+
+    Args:
+        value: A Redis reply item (bytes without ``decode_responses``), or anything else.
+        errors: How undecodable bytes are handled (``"backslashreplace"`` for payloads that
+            come from pods and must be shown, not trusted).
+    """
+    return value.decode("utf-8", errors=errors) if isinstance(value, bytes) else value

@@ -31,7 +31,7 @@ from typing import Any
 from redis.exceptions import WatchError
 
 from producer.events import build_event, encode_event
-from producer.wire import END_STATUSES, EVENT_FIELD, TRAIN_END, stream_key
+from producer.wire import END_STATUSES, EVENT_FIELD, TRAIN_END, as_text, stream_key
 
 from . import pod_record as rec
 from .pod_record import PodView, read_view
@@ -175,7 +175,7 @@ class PodLifecycle:
             What was done, by job (jobs with nothing to do are left out).
         """
         done = {}
-        for job_id in sorted(_text(m) for m in self.redis.smembers(rec.PODS_KEY)):
+        for job_id in sorted(as_text(m) for m in self.redis.smembers(rec.PODS_KEY)):
             if not owns(job_id):
                 continue
             try:
@@ -282,7 +282,7 @@ class PodLifecycle:
         with self.redis.pipeline(transaction=True) as pipe:
             try:
                 pipe.watch(stream, meta)
-                if pipe.xlen(stream) > 0 or _text(pipe.hget(meta, "status")) in END_STATUSES:
+                if pipe.xlen(stream) > 0 or as_text(pipe.hget(meta, "status")) in END_STATUSES:
                     return False  # events are still to be folded, or the job ended anyway
                 pipe.multi()
                 pipe.xadd(stream, {EVENT_FIELD: encode_event(event)})
@@ -430,7 +430,3 @@ def _iso(stamp: str | None) -> str | None:
     if not stamp:
         return None
     return datetime.fromtimestamp(float(stamp), UTC).isoformat(timespec="seconds")
-
-
-def _text(value: Any) -> Any:
-    return value.decode() if isinstance(value, bytes) else value

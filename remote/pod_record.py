@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from producer.wire import END_STATUSES, stream_key
+from producer.wire import END_STATUSES, as_text, stream_key
 
 PODS_KEY = "ckpt:pods"
 """Set of the job ids whose pod the trusted side still manages."""
@@ -132,7 +132,7 @@ def read_view(redis: Any, job_id: str) -> PodView:
     pipe.hmget(meta_key(job_id), names)
     pipe.xlen(stream_key(job_id))
     values, undrained = pipe.execute()
-    fields = {n: _text(v) for n, v in zip(names, values, strict=True) if v is not None}
+    fields = {n: as_text(v) for n, v in zip(names, values, strict=True) if v is not None}
     return PodView(job_id, fields, int(undrained))
 
 
@@ -168,7 +168,3 @@ def update(redis: Any, job_id: str, fields: dict[str, Any], *, drop: tuple[str, 
     if drop:
         pipe.hdel(meta_key(job_id), *drop)
     pipe.execute()
-
-
-def _text(value: Any) -> Any:
-    return value.decode() if isinstance(value, bytes) else value

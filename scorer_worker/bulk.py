@@ -18,6 +18,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from producer.wire import as_text
+
 from . import keys
 from .decision import decision_basis, decision_write
 from .drain import DrainResult, NeedsFullLoad, apply_event, record_poison
@@ -229,7 +231,7 @@ def _read(
     heads = [row for rows in (pipe.execute() if job_ids else []) for row in rows]
     readable = []
     for job_id, (*levels_read, special, stream_bytes, last) in zip(job_ids, heads, strict=True):
-        meta = dict(zip(META_FIELDS, (_text(v) or None for v in levels_read[2:]), strict=True))
+        meta = dict(zip(META_FIELDS, (as_text(v) or None for v in levels_read[2:]), strict=True))
         bulk.levels[job_id] = levels_from_meta(meta)
         if special or int(stream_bytes) > settings.drain_read_max_bytes:
             bulk.left.append(job_id)
@@ -237,7 +239,7 @@ def _read(
             result = bulk.results[job_id]
             result.caught_up, result.version = True, bulk.levels[job_id].version
         else:
-            readable.append((job_id, levels_read[0], levels_read[1], meta, _text(last)))
+            readable.append((job_id, levels_read[0], levels_read[1], meta, as_text(last)))
     for job_id, *_, last in readable:
         # A commit trims what it drained, so the stream holds only entries after the cursor
         # (checked in _job; the compare-and-set catches a commit made meanwhile).
@@ -246,7 +248,7 @@ def _read(
     for (job_id, head, cursor, meta, _), entries in zip(
         readable, pipe.execute() if readable else [], strict=True
     ):
-        job = _job(job_id, _text(head), _text(cursor), entries, settings)
+        job = _job(job_id, as_text(head), as_text(cursor), entries, settings)
         if job is None:
             bulk.left.append(job_id)
         else:
@@ -262,13 +264,13 @@ def _job(job_id: str, head: str, cursor: str, entries: list, settings: Settings)
         return None  # packed records, an old head, or a meta cursor that is not the head's
     if stream_id_key(entries[0][0]) <= stream_id_key(state.cursor):
         return None  # an entry at or before the cursor (never left by a commit): drain_job
-    if next_stream_id(_text(entries[-1][0])) is None:
+    if next_stream_id(as_text(entries[-1][0])) is None:
         return None  # the largest possible id: the commit script cannot trim past it
     highest = state.summary.max_eval_step
     job = _Job(job_id, head, state, stored_max_eval=-1 if highest is None else highest)
     job.basis = decision_basis(state.summary)
     try:
-        job.entries = [(_text(i), decode_entry(fields, job_id)) for i, fields in entries]
+        job.entries = [(as_text(i), decode_entry(fields, job_id)) for i, fields in entries]
     except InvalidEvent:  # a dead letter: drain_job writes it with the state
         return None
     if state.version > 0 and any(e.kind == "train_begin" for _, e in job.entries):
@@ -286,7 +288,7 @@ def _read_records(redis: Any, jobs: list[_Job]) -> None:
             pipe.hmget(keys.state(job.job_id), names)
             asked.append((job, names))
     for (job, names), values in zip(asked, pipe.execute() if asked else [], strict=True):
-        job.loaded = {name: _text(value) for name, value in zip(names, values, strict=True)}
+        job.loaded = {name: as_text(value) for name, value in zip(names, values, strict=True)}
         job.state.load_records(job.loaded)
 
 
@@ -348,7 +350,3 @@ def _commit_args(job: _Job) -> list[Any]:
 
 def _scored(state: JobState) -> list[tuple[int, str]]:
     return [(score, step) for step, score in changed_steps(state).items()]
-
-
-def _text(value: Any) -> Any:
-    return value.decode() if isinstance(value, bytes) else value

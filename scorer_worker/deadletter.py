@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from producer.redaction import redact
-from producer.wire import is_valid_job_id
+from producer.wire import as_text, is_valid_job_id
 
 from . import keys
 from .errors import PipelineError
@@ -69,7 +69,7 @@ class DeadLetter:
     @classmethod
     def from_fields(cls, fields: dict[Any, Any]) -> DeadLetter:
         """Decode the stream fields of a dead letter."""
-        text = {_text(k): _text(v) for k, v in fields.items()}
+        text = {_payload_text(k): _payload_text(v) for k, v in fields.items()}
         return cls(
             text.get("job_id", ""),
             text.get("entry_id", ""),
@@ -133,7 +133,9 @@ def list_dead_letters(
     per_job = []
     for job in jobs:
         entries = redis.xrevrange(keys.dead(job), count=count)
-        per_job.append([(f"{job}/{_text(i)}", DeadLetter.from_fields(f)) for i, f in entries])
+        per_job.append(
+            [(f"{job}/{_payload_text(i)}", DeadLetter.from_fields(f)) for i, f in entries]
+        )
     newest = heapq.merge(*per_job, key=lambda found: -found[1].ts)
     return list(newest)[:count]
 
@@ -164,7 +166,5 @@ def delete_dead_letters(redis: Any, refs: list[str]) -> int:
     return deleted
 
 
-def _text(value: Any) -> str:
-    return (
-        value.decode("utf-8", errors="backslashreplace") if isinstance(value, bytes) else str(value)
-    )
+def _payload_text(value: Any) -> str:
+    return str(as_text(value, errors="backslashreplace"))  # pods' bytes: shown, not trusted

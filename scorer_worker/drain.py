@@ -9,6 +9,8 @@ from typing import Any
 
 from redis.exceptions import WatchError
 
+from producer.wire import as_text
+
 from . import keys
 from .deadletter import DeadLetter, make_dead_letter
 from .errors import InvalidEvent, PoisonEvent, StateConflict
@@ -119,7 +121,7 @@ def _trusted_facts(redis: Any, txn: StateTransaction, job_id: str) -> bool:
     Returns:
         True when this committed (or nothing more is to be drained: the job is cut off).
     """
-    cut_off, stalled = (_text(v) if v else None for v in redis.hmget(keys.meta(job_id),
+    cut_off, stalled = (_str(v) if v else None for v in redis.hmget(keys.meta(job_id),
                         CUT_OFF_FIELD, STALLED_FIELD))  # fmt: skip
     state = txn.state
     if cut_off is not None:
@@ -250,7 +252,7 @@ def _count_poison(redis: Any, job_id: str, entry_id: str, reason: str) -> int:
 def _poison_given_up(redis: Any, job_id: str, max_attempts: int) -> dict[str, str]:
     """Entries whose application failed ``max_attempts`` times: id -> reason."""
     meta = redis.hgetall(keys.meta(job_id))
-    fields = {_text(k): _text(v) for k, v in meta.items() if _text(k).startswith("poison:")}
+    fields = {_str(k): _str(v) for k, v in meta.items() if _str(k).startswith("poison:")}
     given_up = {}
     for name, value in fields.items():
         if name.endswith(":n") and int(value) >= max_attempts:
@@ -260,5 +262,5 @@ def _poison_given_up(redis: Any, job_id: str, max_attempts: int) -> dict[str, st
     return given_up
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+def _str(value: Any) -> str:
+    return str(as_text(value))

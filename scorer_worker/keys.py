@@ -7,9 +7,7 @@ from producer.wire import decision_key, is_valid_job_id, stream_key
 JOBS = "ckpt:jobs"
 DEAD_PATTERN = "ckpt:{*}:dead"  # SCAN pattern of every job's dead letters
 SCORING_QUEUE = "scoring"
-SINK_QUEUE = "sink"
 DRAIN_JOBS_TASK = "scorer_worker.tasks.drain_jobs"
-FLUSH_JOBS_TASK = "sink.tasks.flush_jobs"
 
 
 def events(job_id: str) -> str:

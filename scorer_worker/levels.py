@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from producer.wire import as_text
+
 from . import keys
 
 FINISHED = ("completed", "failed", "cancelled")
@@ -114,8 +116,8 @@ def scan_levels(redis: Any, job_ids: list[str]) -> list[JobWork]:
     work = []
     for rows in pipe.execute() if job_ids else []:
         for job_id, length, *meta, drain_queued, flush_queued in rows:
-            levels = _levels(length, [_text(v) or None for v in meta])
-            work.append(JobWork(_text(job_id), levels, bool(drain_queued), bool(flush_queued)))
+            levels = _levels(length, [as_text(v) or None for v in meta])
+            work.append(JobWork(as_text(job_id), levels, bool(drain_queued), bool(flush_queued)))
     return work
 
 
@@ -125,7 +127,7 @@ def levels_from_meta(meta: dict[str, Any]) -> Levels:
 
 
 def _levels(length: int, meta: list[Any]) -> Levels:
-    version, written, status, eval_version, last_flush_at, refused = (_text(v) for v in meta)
+    version, written, status, eval_version, last_flush_at, refused = (as_text(v) for v in meta)
     return Levels(
         int(length),
         int(version or 0),
@@ -135,7 +137,3 @@ def _levels(length: int, meta: list[Any]) -> Levels:
         float(last_flush_at) if last_flush_at else None,
         int(refused or 0),
     )
-
-
-def _text(value: Any) -> Any:
-    return value.decode() if isinstance(value, bytes) else value

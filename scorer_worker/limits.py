@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from producer.wire import as_text
+
 from . import keys
 from .settings import Settings
 
@@ -169,15 +171,15 @@ def read_usage(redis: Any, job_ids: list[str]) -> list[Usage]:
         for job_id, undrained, size, added, status, drained, stalled, cut, pod, state in rows:
             found.append(
                 Usage(
-                    _text(job_id),
+                    as_text(job_id),
                     int(undrained),
                     int(size),
                     int(added),
-                    _text(status) or None,
+                    as_text(status) or None,
                     _float(drained),
                     _float(stalled),
-                    _text(cut) or None,
-                    _text(pod) or None,
+                    as_text(cut) or None,
+                    as_text(pod) or None,
                     int(state),
                 )
             )
@@ -198,9 +200,5 @@ def cut_off_job(redis: Any, job_id: str, reason: str, pod_user: str | None = Non
 
 
 def _float(value: Any) -> float | None:
-    text = _text(value)
+    text = as_text(value)
     return float(text) if text else None
-
-
-def _text(value: Any) -> Any:
-    return value.decode() if isinstance(value, bytes) else value

@@ -16,13 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from producer.wire import job_of_stream_key
+from producer.wire import as_text, job_of_stream_key
 
 from . import keys
 from .dispatch import enqueue_many
 from .levels import read_levels, scan_levels
 from .limits import LimitKeeper
 from .registry import drop_pod_user
+from .routes import Route
 from .settings import Settings
 from .store import compact_state
 
@@ -58,6 +59,8 @@ class Pump:
         after_pass: called after each pass with :meth:`owns`, for work the application
             composes into the pump (the command line passes the RunPod pod lifecycle; the
             scorer itself knows nothing of it).
+        flush: where rows that are due are sent (the sink's task, given by the shell); None
+            enqueues no flushes.
     """
 
     def __init__(
@@ -68,6 +71,7 @@ class Pump:
         shard_count: int = 1,
         *,
         after_pass: Callable[[Callable[[str], bool]], object] | None = None,
+        flush: Route | None = None,
     ):
         if not 0 <= shard_index < shard_count:
             raise ValueError(f"shard {shard_index} is not in 0..{shard_count - 1}")
@@ -76,6 +80,7 @@ class Pump:
         self.shard_index = shard_index
         self.shard_count = shard_count
         self.after_pass = after_pass
+        self.flush = flush
         self.limits = LimitKeeper(redis, settings)
         self._last_discovery = 0.0
 
@@ -87,7 +92,9 @@ class Pump:
         """Make one pass: discover streams, enqueue drains and flushes, retire finished jobs."""
         if time.monotonic() - self._last_discovery >= self.settings.discover_interval_s:
             self.discover()
-        jobs = sorted(j for j in (_text(m) for m in self.redis.smembers(keys.JOBS)) if self.owns(j))
+        jobs = sorted(
+            j for j in (as_text(m) for m in self.redis.smembers(keys.JOBS)) if self.owns(j)
+        )
         result = PassResult(jobs=len(jobs))
         drains, eval_flushes, flushes, now = [], [], [], time.time()
         for work in scan_levels(self.redis, jobs):  # only the jobs with something to do
@@ -110,9 +117,10 @@ class Pump:
         result.drains_enqueued = enqueue_many(
             self.redis, keys.SCORING_QUEUE, keys.DRAIN_JOBS_TASK, drains, settings
         )
-        result.flushes_enqueued = enqueue_many(
-            self.redis, keys.SINK_QUEUE, keys.FLUSH_JOBS_TASK, eval_flushes + flushes, settings
-        )
+        if self.flush is not None:
+            result.flushes_enqueued = enqueue_many(
+                self.redis, self.flush.queue, self.flush.task, eval_flushes + flushes, settings
+            )
         if self.after_pass is not None:
             self.after_pass(self.owns)
         return result
@@ -144,10 +152,10 @@ class Pump:
             How many jobs were added.
         """
         self._last_discovery = time.monotonic()
-        known = {_text(member) for member in self.redis.smembers(keys.JOBS)}
+        known = {as_text(member) for member in self.redis.smembers(keys.JOBS)}
         candidates = []
         for key in self.redis.scan_iter(match=STREAM_PATTERN, count=1000, _type="stream"):
-            job_id = job_of_stream_key(_text(key))
+            job_id = job_of_stream_key(as_text(key))
             if job_id and job_id not in known and self.owns(job_id):
                 candidates.append(job_id)
         levels = read_levels(self.redis, candidates)  # one pipelined round trip, not one per key
@@ -163,7 +171,3 @@ class Pump:
         self.redis.srem(keys.JOBS, job_id)
         drop_pod_user(self.redis, job_id)
         compact_state(self.redis, job_id)
-
-
-def _text(value: Any) -> Any:
-    return value.decode() if isinstance(value, bytes) else value

@@ -93,27 +93,3 @@ def _parse_number(name: str, text: str, kind: type) -> int | float:
         return kind(text)
     except ValueError:
         raise ConfigError(f"{name}={text!r} is not a valid {kind.__name__}") from None
-
-
-class _ProcessSettings:
-    """The settings a long-running process built at start, handed to the tasks it runs."""
-
-    def __init__(self) -> None:
-        self.value: Settings | None = None
-
-
-_PROCESS = _ProcessSettings()
-
-
-def use_settings(settings: Settings) -> None:
-    """Make ``settings`` the ones tasks of this process run with (the worker calls it once)."""
-    _PROCESS.value = settings
-
-
-def process_settings() -> Settings:
-    """Return the settings this process runs tasks with.
-
-    The worker class builds them once at start (:func:`use_settings`). A process that did not
-    (a plain ``rq worker``, a test calling a task) gets them from the environment as it is now.
-    """
-    return _PROCESS.value if _PROCESS.value is not None else Settings.from_env()

@@ -21,7 +21,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError, WatchError
 
-from producer.wire import MAX_EVENT_BYTES
+from producer.wire import MAX_EVENT_BYTES, as_text
 
 from . import keys
 from .deadletter import DEAD_PER_JOB_DEFAULT, DeadLetter, add_dead_letters
@@ -42,32 +42,6 @@ _KIND_PREFIX = {
 def load_state(redis: Any, job_id: str, profile: str = "default") -> JobState:
     """Return the committed state of ``job_id``, all records loaded (fresh if none)."""
     return JobState.from_fields(job_id, redis.hgetall(keys.state(job_id)), profile)
-
-
-def load_for_row(redis: Any, job_id: str, written_version: int) -> JobState:
-    """Return what a row write needs: the head with its summary, and changed records only.
-
-    The records loaded are those of the steps changed after ``written_version``. Everything is
-    loaded instead when nothing was written yet (a new or re-registered job gets all its
-    metric rows) or the records are packed; and summarized when the head carries no summary
-    (a state written before summaries existed).
-    """
-    key = keys.state(job_id)
-    if written_version > 0:
-        with redis.pipeline(transaction=True) as pipe:
-            pipe.hget(key, HEAD_FIELD)
-            pipe.zrangebyscore(keys.changes(job_id), f"({written_version}", "+inf")
-            head, steps = pipe.execute()
-        state = JobState.from_head(job_id, head)
-        if head and state.summary is not None and not state.packed:
-            names = [f"{prefix}{int(step)}" for step in steps for prefix in ("t:", "e:")]
-            if names:
-                state.load_records(dict(zip(names, redis.hmget(key, names), strict=True)))
-            return state
-    state = load_state(redis, job_id)
-    if state.summary is None:  # a head written before summaries existed
-        state.summary = summarize(state, get_profile(state.profile))
-    return state
 
 
 MAX_ID_PART = 2**64 - 1  # both halves of a stream id are unsigned 64-bit integers
@@ -117,12 +91,12 @@ def compact_state(redis: Any, job_id: str) -> bool:
     with redis.pipeline(transaction=True) as pipe:
         try:
             pipe.watch(key)
-            fields = {_text(name): value for name, value in pipe.hgetall(key).items()}
+            fields = {as_text(name): value for name, value in pipe.hgetall(key).items()}
             if len(fields) <= 1 or PACKED_FIELD in fields or HEAD_FIELD not in fields:
                 return False
             head = JobState.from_head(job_id, fields.pop(HEAD_FIELD))
             head.packed = True
-            records = json.dumps({name: _text(value) for name, value in fields.items()})
+            records = json.dumps({name: as_text(value) for name, value in fields.items()})
             packed = {HEAD_FIELD: head.head_json(), PACKED_FIELD: zlib.compress(records.encode())}
             pipe.multi()
             pipe.delete(key)
@@ -182,8 +156,8 @@ def stream_bytes(redis: Any, key: str) -> int | None:
 def _bounded_entry(row: list) -> tuple[str, dict | OversizeEntry]:
     if len(row) == 2:
         flat = row[1]
-        return _text(row[0]), dict(zip(flat[::2], flat[1::2], strict=True))
-    return _text(row[0]), OversizeEntry(int(row[1]), row[2])
+        return as_text(row[0]), dict(zip(flat[::2], flat[1::2], strict=True))
+    return as_text(row[0]), OversizeEntry(int(row[1]), row[2])
 
 
 class StateTransaction:
@@ -231,7 +205,7 @@ class StateTransaction:
         measured = stream_bytes(self._pipe, events)
         if measured is not None and measured <= max_bytes:
             entries = self._pipe.xrange(events, following, "+", count)
-            return [(_text(entry_id), fields) for entry_id, fields in entries]
+            return [(as_text(entry_id), fields) for entry_id, fields in entries]
         bounded = self.last_read_limit = max(1, min(count, max_bytes // ENTRY_MAX_BYTES))
         script = self._redis.register_script(BOUNDED_READ_SCRIPT)
         args = [following, bounded, ENTRY_MAX_BYTES, DEAD_HEAD_BYTES]
@@ -265,7 +239,7 @@ class StateTransaction:
         if wanted and not self._full:
             names = sorted(wanted)
             values = self._pipe.hmget(self._key, names)
-            found = {name: _text(value) for name, value in zip(names, values, strict=True)}
+            found = {name: as_text(value) for name, value in zip(names, values, strict=True)}
             self._loaded.update(found)
             self.state.load_records(found)
 
@@ -350,7 +324,3 @@ def changed_steps(state: JobState, everything: bool = False) -> dict[str, int]:
             if everything or record.changed == state.version:
                 scores[str(step)] = max(scores.get(str(step), 0), record.changed)
     return scores
-
-
-def _text(value: Any) -> Any:
-    return value.decode() if isinstance(value, bytes) else value

@@ -12,6 +12,7 @@ from .connection import task_connection
 from .dispatch import clear_markers, enqueue_many, for_each_job
 from .drain import DrainResult, drain_job
 from .levels import Levels, read_levels
+from .routes import process_flush_route, process_settings
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ def drain_jobs(job_ids: list[str]) -> dict:
     Raises:
         PipelineError: when draining some job raised (after the others were drained).
     """
-    settings = Settings.from_env()
+    settings = process_settings()
     redis = task_connection(settings)
     clear_markers(redis, keys.SCORING_QUEUE, job_ids)
     deadline = time.monotonic() + settings.drain_budget_s
@@ -79,4 +80,6 @@ def _request_flushes(
     now = time.time()
     due = [j for j, level in levels.items() if level.flush_due(now, settings.flush_min_interval_s)]
     ordered = sorted(due, key=lambda job_id: not levels[job_id].eval_changed)  # evals first
-    enqueue_many(redis, keys.SINK_QUEUE, keys.FLUSH_JOBS_TASK, ordered, settings)
+    flush = process_flush_route()
+    if flush is not None:  # else the pump asks for them on its next pass
+        enqueue_many(redis, flush.queue, flush.task, ordered, settings)

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import logging
 
-from scorer_worker import keys
 from scorer_worker.connection import task_connection
 from scorer_worker.dispatch import clear_markers, for_each_job
-from scorer_worker.settings import Settings
+from scorer_worker.routes import Route, process_settings
 
 from .flush import flush_job
 from .writers import writer_from_settings
 
 log = logging.getLogger(__name__)
+
+# The route the shell gives the scorer for what follows a committed state.
+FLUSH = Route("sink", "sink.tasks.flush_jobs")
 
 
 def flush(job_id: str) -> dict:
@@ -33,9 +35,9 @@ def flush_jobs(job_ids: list[str]) -> dict:
     Raises:
         PipelineError: when flushing some job raised (after the others were flushed).
     """
-    settings = Settings.from_env()
+    settings = process_settings()
     redis = task_connection(settings)
-    clear_markers(redis, keys.SINK_QUEUE, job_ids)
+    clear_markers(redis, FLUSH.queue, job_ids)
     writer = writer_from_settings(settings)
     try:
         results = for_each_job(

@@ -19,6 +19,7 @@ from scorer_worker.registry import register_job
 from scorer_worker.settings import Settings
 from scorer_worker.store import StateTransaction, compact_state, load_state
 from sink.flush import flush_job
+from sink.tasks import FLUSH
 from sink.writers.sqlite import SqliteWriter
 
 from .helpers import JOB, fold
@@ -102,7 +103,7 @@ def test_a_concurrent_commit_is_detected_and_nothing_is_written(fake, settings):
 def test_pump_enqueues_one_drain_per_job_until_the_task_starts(fake, settings):
     register_job(fake, JOB, "tok")
     publish(fake, raw_run(1))
-    pump = Pump(fake, settings)
+    pump = Pump(fake, settings, flush=FLUSH)
     first, second = pump.run_once(), pump.run_once()
     assert (first.drains_enqueued, second.drains_enqueued) == (1, 0)
     assert second.behind_scoring == 1
@@ -113,7 +114,7 @@ def test_pump_enqueues_one_drain_per_job_until_the_task_starts(fake, settings):
 
 def test_pump_discovers_unregistered_streams_and_retires_finished_jobs(fake, settings, tmp_path):
     publish(fake, raw_run(1))
-    pump = Pump(fake, settings)
+    pump = Pump(fake, settings, flush=FLUSH)
     assert pump.run_once().jobs == 1  # discovered though never registered
     events = [
         *raw_run(1)[:1],
@@ -165,7 +166,7 @@ def test_flush_records_a_permanent_error_and_does_not_retry(fake, settings):
     meta = fake.hgetall(keys.meta(JOB))
     assert meta[b"sink_error_kind"] == b"permanent" and b"no row" in meta[b"sink_error"]
     assert flush_job(fake, JOB, settings).outcome == "refused"  # not retried forever
-    assert Pump(fake, settings).run_once().flushes_enqueued == 0
+    assert Pump(fake, settings, flush=FLUSH).run_once().flushes_enqueued == 0
     # The version it could not write is not counted as written: the row still lags.
     assert b"written_version" not in meta and meta[b"refused_version"] == b"1"
 
@@ -259,7 +260,7 @@ def test_a_deferred_flush_is_made_by_the_pump_when_due(fake, tmp_path):
     publish(fake, [build_event("train_log", JOB, 11, 1.1, {"loss": 0.5}, ts=20)])
     drain_job(fake, JOB, settings)
     assert flush_job(fake, JOB, settings).outcome == "deferred"  # a train log, just written
-    pump = Pump(fake, settings)
+    pump = Pump(fake, settings, flush=FLUSH)
     assert pump.run_once().flushes_enqueued == 0  # not due yet: no task
     import time as clock
 

@@ -34,10 +34,13 @@ def cli(*args: str, env: dict[str, str]) -> str:
     return done.stdout
 
 
-def rq_worker(queue: str, env: dict[str, str]) -> None:
-    """Run a plain `rq worker QUEUE --burst` process."""
+PROCFILE_WORKER = ("--worker-class", "ckpt_pipeline.worker.PipelineWorker")
+
+
+def rq_worker(queue: str, env: dict[str, str], *flags: str) -> None:
+    """Run an `rq worker QUEUE --burst` process: plain, or with ``flags`` (e.g. the Procfile's)."""
     done = subprocess.run(
-        ["rq", "worker", queue, "--burst", "--url", env["REDIS_URL"]],
+        ["rq", "worker", queue, "--burst", "--url", env["REDIS_URL"], *flags],
         env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -126,6 +129,10 @@ def test_plain_rq_worker_commands_run_the_tasks(tmp_path, env, redis_client):
     publisher.close()
     cli("pump", "--burst", env=env)
     rq_worker("scoring", env)
+    # A plain worker was given no flush route (the PipelineWorker's composition): the pump,
+    # level-triggered, asks for the flush on its next pass.
+    assert redis_client.llen("rq:queue:sink") == 0
+    cli("pump", "--burst", env=env)
     rq_worker("sink", env)
     row = SqliteWriter(env["CKPT_SINK"].removeprefix("sqlite:///")).read_job("plain-job")
     assert row["status"] == "running"

@@ -197,9 +197,10 @@ def pump_pass(redis_client, **overrides):
 
     from scorer_worker.pump import Pump
     from scorer_worker.settings import Settings
+    from sink.tasks import FLUSH
 
     settings = replace(Settings.from_env(), limits_interval_s=0.0, **overrides)
-    pump = Pump(redis_client, settings)
+    pump = Pump(redis_client, settings, flush=FLUSH)
     pump.run_once()
     return pump
 

@@ -18,7 +18,7 @@ from producer import EventPublisher
 from scorer_worker.store import load_state
 from sink.migrate import run_migrations
 from sink.writers.postgres import PostgresWriter
-from tests.test_end_to_end import cli, converge, rq_worker, train_run
+from tests.test_end_to_end import PROCFILE_WORKER, cli, converge, rq_worker, train_run
 
 pytestmark = pytest.mark.slow
 TOKEN = "secret-token-pg-e2e"
@@ -113,8 +113,8 @@ def test_wrong_token_is_recorded_shown_and_not_retried(tmp_path, env, sink_url):
     publisher.close()
 
     cli("pump", "--burst", env=env)
-    rq_worker("scoring", env)  # the drain enqueues the flush itself
-    rq_worker("sink", env)
+    rq_worker("scoring", env, *PROCFILE_WORKER)  # its drain enqueues the flush itself
+    rq_worker("sink", env, *PROCFILE_WORKER)
     # The failure is permanent: the next passes enqueue no flush, so none is retried.
     for _ in range(2):
         assert " 0 drains and 0 flushes" in cli("pump", "--burst", env=env)

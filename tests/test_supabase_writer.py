@@ -26,6 +26,7 @@ from scorer_worker.registry import register_job
 from scorer_worker.settings import Settings
 from sink import flush
 from sink.rows import METRIC_COLUMN_NAMES
+from sink.tasks import FLUSH
 from sink.writers import WriteOutcome, retrying_write
 from sink.writers import supabase as supabase_module
 from sink.writers.supabase import SupabaseWriter
@@ -358,7 +359,7 @@ def test_flush_records_a_permanent_empty_result_and_never_retries_it(
     # The version it could not write is not counted as written (issue 13): the row lags, and
     # the version is refused, not retried.
     assert state["lag_versions"] == state["state_version"] > 0
-    assert Pump(fake, settings).run_once().flushes_enqueued == 0
+    assert Pump(fake, settings, flush=FLUSH).run_once().flushes_enqueued == 0
     assert flush.flush_job(fake, JOB, settings, writer=writer).outcome == "refused"
     assert server.methods().count("PATCH") == 1
 
@@ -387,7 +388,7 @@ def test_flush_keeps_a_persistent_5xx_transient_and_due_again(
     assert server.methods() == ["PATCH"] * settings.sink_retry_attempts
     state = pipeline_state(fake, JOB)
     assert state["sink_error_kind"] == "transient" and state["lag_versions"] > 0
-    assert Pump(fake, settings).run_once().flushes_enqueued == 1  # tried again later
+    assert Pump(fake, settings, flush=FLUSH).run_once().flushes_enqueued == 1  # tried again later
     assert flush.flush_job(fake, JOB, settings, writer=writer).outcome == "written"
     assert pipeline_state(fake, JOB)["sink_error"] is None
 
