@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 import sys
 import time
@@ -22,6 +21,7 @@ from redis.exceptions import OutOfMemoryError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from producer.redaction import terminal_safe
+from producer.wire import spell_non_finite
 from scorer_worker.errors import PipelineError
 from scorer_worker.settings import Settings
 
@@ -52,9 +52,7 @@ def _finite(value: Any) -> Any:
         return {k: _finite(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_finite(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    return value
+    return spell_non_finite(value) if isinstance(value, float) else value
 
 
 class _Group(click.Group):

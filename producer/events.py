@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Mapping
 from typing import Any
 
-from .wire import KINDS, MAX_EVENT_BYTES, MAX_LIST_ITEMS, WIRE_VERSION, is_valid_job_id
+from .wire import (
+    KINDS,
+    MAX_EVENT_BYTES,
+    MAX_LIST_ITEMS,
+    WIRE_VERSION,
+    is_valid_job_id,
+    spell_non_finite,
+)
 
 Event = dict[str, Any]
 
@@ -26,11 +32,7 @@ def wire_number(value: Any) -> float | int | str | None:
         number = float(value)
     except (TypeError, ValueError):
         return None
-    if math.isnan(number):
-        return "nan"
-    if math.isinf(number):
-        return "inf" if number > 0 else "-inf"
-    return number
+    return spell_non_finite(number)
 
 
 def build_event(

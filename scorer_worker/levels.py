@@ -13,11 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from producer.wire import as_text
+from producer.wire import as_text, is_finished
 
 from . import keys
 
-FINISHED = ("completed", "failed", "cancelled")
 META_FIELDS = (
     "version", "written_version", "status", "eval_version", "last_flush_at", "refused_version",
 )  # fmt: skip
@@ -43,7 +42,7 @@ class Levels:
     @property
     def finished(self) -> bool:
         """True when the job's latest attempt ended."""
-        return self.status in FINISHED
+        return is_finished(self.status)
 
     def flush_due(self, now: float, min_interval_s: float) -> bool:
         """Return True when the row should be written now (see the module docstring).

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -19,17 +18,18 @@ from pydantic import (
 
 from producer.wire import (
     CHECKPOINT_PREFIX,
+    END_STATUSES,
     EVENT_FIELD,
     JOB_ID_PATTERN,
     MAX_EVENT_BYTES,
     MAX_LIST_ITEMS,
     MAX_STEP,
+    NON_FINITE_SPELLINGS,
     WIRE_VERSION,
 )
 
 from .errors import InvalidEvent
 
-_SPECIAL_NUMBERS = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 CHECKPOINT_PATTERN = rf"^{CHECKPOINT_PREFIX}[0-9]+$"
 MAX_RETAINED = MAX_LIST_ITEMS  # checkpoint names in one checkpoint_saved
 
@@ -39,9 +39,10 @@ MAX_RETAINED = MAX_LIST_ITEMS  # checkpoint names in one checkpoint_saved
 # travels as one of the strings below.
 FiniteNumber = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 _SpecialNumber = Annotated[
-    Literal["nan", "inf", "-inf"], AfterValidator(_SPECIAL_NUMBERS.__getitem__)
+    Literal["nan", "inf", "-inf"], AfterValidator(NON_FINITE_SPELLINGS.__getitem__)
 ]
 WireNumber = FiniteNumber | _SpecialNumber | None
+EndStatus = Literal[END_STATUSES]  # type: ignore[valid-type]  # the wire's finished statuses
 _NUMBER_TAGS = ("float", "function-after[")  # how pydantic names WireNumber's union members
 # Bounds every row can hold: steps and counts go to PostgreSQL integer columns, epochs to one
 # (best_checkpoint_epoch), timestamps must be datetimes (year 9999 at most). A value beyond
@@ -80,7 +81,7 @@ class CheckpointInfo(_Info):
 class TrainEndInfo(_Info):
     """``info`` of ``train_end``."""
 
-    status: Literal["completed", "failed", "cancelled"] = "completed"
+    status: EndStatus = "completed"
     error: Annotated[str, Field(max_length=8000)] | None = None
 
 
