@@ -26,8 +26,8 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
+from producer.redaction import mask_url, redact
 from scorer_worker.errors import PipelineError
-from sink.writers.base import mask_url, redact
 from sink.writers.postgres import is_transient, url_secrets
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"

@@ -19,11 +19,11 @@ import httpx
 import pytest
 from supabase import ClientOptions, create_client
 
+from producer.redaction import mask_url, redact
 from scorer_worker.errors import ConfigError, PermanentSinkError, TransientSinkError
 from scorer_worker.settings import Settings
 from sink.rows import JOB_COLUMN_NAMES, JOB_COLUMNS, METRIC_COLUMNS
 from sink.writers import WriteOutcome, retrying_write, writer_from_settings
-from sink.writers.base import mask_url, redact
 from sink.writers.postgres import PostgresWriter
 from sink.writers.sqlite import SqliteWriter
 from sink.writers.supabase import SupabaseWriter, is_transient_code

@@ -18,10 +18,11 @@ from typing import Any
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
+from producer.redaction import mask_url
 from scorer_worker.errors import ConfigError, PermanentSinkError, TransientSinkError
 from scorer_worker.settings import Settings
 
-from .base import WriteOutcome, Writer, mask_url
+from .base import WriteOutcome, Writer
 from .sqlite import SqliteWriter
 
 __all__ = ["WriteOutcome", "Writer", "retrying_write", "writer_from_settings"]

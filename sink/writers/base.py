@@ -9,7 +9,6 @@ the write ``STALE``.
 from __future__ import annotations
 
 import enum
-import re
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -156,20 +155,6 @@ def outcome_without_match(job_id: str, *, token_matches: bool, row_exists: bool)
     if row_exists:
         raise PermanentSinkError(f"job token does not match for row {job_id}")
     raise PermanentSinkError(f"no row with id {job_id} in {JOBS_TABLE}")
-
-
-def redact(text: str, secrets: Iterable[str]) -> str:
-    """Replace every occurrence of each non-empty secret in ``text`` by ``***``."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
-
-
-def mask_url(url: str) -> str:
-    """Hide credentials in a URL: ``user:pass@`` and ``password=`` query values."""
-    url = re.sub(r"//[^/@]*@", "//***@", url)
-    return re.sub(r"(?i)(password=)[^&]*", r"\1***", url)
 
 
 def _key_diff(row: dict[str, Any], names: tuple[str, ...]) -> str:

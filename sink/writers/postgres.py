@@ -26,6 +26,7 @@ from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 
+from producer.redaction import mask_url, redact
 from scorer_worker.errors import ConfigError, PermanentSinkError, SinkError, TransientSinkError
 from sink.rows import METRIC_COLUMN_NAMES
 
@@ -38,11 +39,9 @@ from .base import (
     check_write_args,
     guarded_update_params,
     guarded_update_sql,
-    mask_url,
     one_row_per_step,
     outcome_without_match,
     quote_ident,
-    redact,
 )
 
 # SQLSTATE classes a retry can cure: connection exceptions, transaction rollbacks

@@ -16,6 +16,7 @@ from postgrest import APIError
 from postgrest.types import ReturnMethod
 from supabase import Client, ClientOptions, SupabaseException, create_client
 
+from producer.redaction import redact
 from scorer_worker.errors import ConfigError, PermanentSinkError, TransientSinkError
 
 from .base import (
@@ -26,7 +27,6 @@ from .base import (
     check_write_args,
     one_row_per_step,
     outcome_without_match,
-    redact,
 )
 
 # Steps per DELETE (they travel in the URL, which proxies cap at a few KiB) and rows per
