@@ -35,7 +35,9 @@ from tests.test_writers import make_metric, make_row
 pytestmark = pytest.mark.slow
 TOKEN = "tok-S3CRET-value"
 OTHER_TOKEN = "tok-OTHER-value"
-ALL_MIGRATIONS = ["001_checkpoint_scoring.sql", "002_indexes.sql"]
+# Every file of sink/migrations, in order: a new column means a new file, and the tests below
+# apply them all before comparing the database with the row model.
+ALL_MIGRATIONS = sorted(path.name for path in MIGRATIONS_DIR.glob("*.sql"))
 # information_schema.columns.data_type of the row model's SQL types.
 DATA_TYPES = {"timestamptz": "timestamp with time zone"}
 
