@@ -540,7 +540,7 @@ def _launch(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def remote_status(job_id: str, as_json: bool) -> None:
     """Show JOB_ID's pod: RunPod's status, the job's row status and the on_end action."""
-    from remote.lifecycle import status_report
+    from remote.operator import status_report
 
     settings = _settings()
     report = status_report(_pod_lifecycle(_redis(settings), background=False), job_id)
@@ -588,7 +588,8 @@ def _row_status(settings: Settings, job_id: str) -> str | None:
 @click.option("--terminate", is_flag=True, help="Delete the pod and its volume instead.")
 def remote_stop(job_id: str, terminate: bool) -> None:
     """Stop JOB_ID's pod now (GPU billing ends, the volume stays), or terminate it."""
-    from remote.lifecycle import LifecycleConfig, PodLifecycle, stop_by_hand
+    from remote.lifecycle import LifecycleConfig, PodLifecycle
+    from remote.operator import stop_by_hand
     from remote.runpod import RetryPolicy
 
     redis = _redis(_settings())

@@ -22,6 +22,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from .folders import retained_checkpoints
 from .publisher import EventPublisher
 from .wire import (
     CHECKPOINT_PREFIX,
@@ -30,7 +31,6 @@ from .wire import (
     TRAIN_BEGIN,
     TRAIN_END,
     TRAIN_LOG,
-    checkpoint_step,
     decision_field,
     decision_key,
     decode_decision_entry,
@@ -54,15 +54,6 @@ MAX_POLL_S = 0.005
 # Short, so that a Redis that hangs (rather than refuses) costs the evaluation little.
 DECISION_SOCKET_TIMEOUT_S = 0.5
 _NOT_METRICS = ("epoch", SCORE_METRIC)
-
-
-def retained_checkpoints(output_dir: str | os.PathLike[str]) -> list[str]:
-    """Return the ``checkpoint-N`` folder names present in ``output_dir``, by step."""
-    folder = Path(output_dir)
-    if not folder.is_dir():
-        return []
-    names = [p.name for p in folder.iterdir() if p.is_dir() and checkpoint_step(p.name) is not None]
-    return sorted(names, key=lambda name: checkpoint_step(name) or 0)
 
 
 class _StateBeforeTraining:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from producer.redaction import db_safe, redact
@@ -193,10 +194,36 @@ def loss_trend(summary: Summary) -> str | None:
 
 
 def iso_time(ts: float | None) -> str | None:
-    """Return unix seconds as an ISO 8601 UTC timestamp."""
+    """Return unix seconds as an ISO 8601 UTC timestamp.
+
+    The same text as ``datetime.fromtimestamp(ts, tz=UTC).isoformat()``, built from a cached
+    per-second prefix: this runs once per metric row, and the datetime costs most of it.
+    """
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, tz=UTC).isoformat()
+    if not 0.0 <= ts < _MAX_CACHED_TS:  # negative, non-finite or huge: the plain way
+        return datetime.fromtimestamp(ts, tz=UTC).isoformat()
+    seconds, micros = _split_micros(ts)
+    prefix = _second_prefix(seconds)
+    return f"{prefix}.{micros:06d}+00:00" if micros else f"{prefix}+00:00"
+
+
+_MAX_CACHED_TS = 253_402_300_799.0  # 9999-12-31T23:59:59Z, the last second a datetime holds
+
+
+def _split_micros(ts: float) -> tuple[int, int]:
+    # Rounded the way datetime.fromtimestamp rounds (half to even, carried into the second).
+    frac, whole = math.modf(ts)
+    micros = round(frac * 1e6)
+    if micros >= 1_000_000:
+        return int(whole) + 1, micros - 1_000_000
+    return int(whole), micros
+
+
+@lru_cache(maxsize=4096)
+def _second_prefix(seconds: int) -> str:
+    # A job's rows fall in few distinct seconds: the cache holds the date and time of each.
+    return datetime.fromtimestamp(seconds, tz=UTC).isoformat()[:19]
 
 
 def finite_or_none(value: Any) -> Any:

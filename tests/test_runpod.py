@@ -24,7 +24,8 @@ from ckpt_pipeline.runner import run_all_in_one
 from remote import bootstrap
 from remote import pod_record as rec
 from remote.launch import LaunchError, LaunchOptions, create_pod_body, launch_pod
-from remote.lifecycle import LifecycleConfig, PodLifecycle, stop_by_hand
+from remote.lifecycle import LifecycleConfig, PodLifecycle
+from remote.operator import stop_by_hand
 from remote.render import read_embedded, render_script
 from remote.runpod import RetryPolicy, RunPodClient
 from remote.training import validate_spec
