@@ -344,13 +344,3 @@ def perform(client: RunPodClient, pod_id: str, action: str) -> str:
             # volume's checkpoints, which stop promised to keep.
             return "not stopped: the pod is ERROR (terminate it by hand if it still bills)"
         raise
-
-
-def __getattr__(name: str) -> object:
-    """Keep ``status_report`` and ``stop_by_hand`` importable from here (they live in operator)."""
-    # Imported lazily: remote.operator imports this module, so an eager import would be circular.
-    if name in ("status_report", "stop_by_hand"):
-        from . import operator
-
-        return getattr(operator, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
