@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 from scorer_worker import keys
 from scorer_worker.bulk import drain_many
 from scorer_worker.drain import drain_job
-from scorer_worker.ranking import summarize
 from scorer_worker.settings import Settings
 from scorer_worker.state import JobState
 from scorer_worker.store import compact_state, load_state
+from tests.oracle import summarize  # an independent from-scratch reference, not the fold
 
 from .helpers import JOB, evaluation, fold, saved, train
 from .test_decision import assert_decision_matches
