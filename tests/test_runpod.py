@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from ckpt_pipeline.cli import launch as launch_command
+from ckpt_pipeline.remote_commands import launch as launch_command
 from ckpt_pipeline.runner import run_all_in_one
 from remote import bootstrap
 from remote import pod_record as rec
