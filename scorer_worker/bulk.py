@@ -26,80 +26,24 @@ from .drain import DrainResult, NeedsFullLoad, apply_event, record_poison
 from .errors import InvalidEvent, PoisonEvent
 from .levels import META_FIELDS, Levels, levels_from_meta
 from .models import WireEvent, decode_entry
+from .scripts import registered
 from .settings import Settings
 from .state import INITIAL_CURSOR, RECORD_PREFIXES, JobState
 from .store import changed_steps, meta_fields, next_stream_id, stream_id_key
 from .summary import retained_steps
 
-# ARGV: the batch's event count, then job ids. For each job: {head ('' when its stream is
+# lua/drain_read.lua. ARGV: the batch's event count, then job ids. For each job: {head ('' when its stream is
 # empty), cursor, version, written_version, status, eval_version, last_flush_at,
 # refused_version, special (0/1: a poison event, a cut-off or a stall to fold: drain_job),
 # stream bytes, last entry id}. Key names are those of keys.py, built here so one call covers
 # hundreds of jobs (single-node Redis, like the pump's scan). The events are then read with
 # plain XRANGE up to that last id, which is cheaper than passing them through Lua, and only
 # for streams within the read budget: nothing a pod appends meanwhile is read.
-READ_SCRIPT = """
-local function stream_bytes(key, count)
-  local bytes = redis.pcall('MEMORY', 'USAGE', key, 'SAMPLES', '0')
-  if type(bytes) == 'number' then return bytes end
-  local total = 0  -- a server without MEMORY: the entries a batch would read
-  for _, entry in ipairs(redis.call('XRANGE', key, '-', '+', 'COUNT', count)) do
-    for _, part in ipairs(entry[2]) do total = total + #part end
-  end
-  return total
-end
-local special_fields = {cut_off = true, stalled_since = true}
-local out = {}
-for i = 2, #ARGV do
-  local prefix = 'ckpt:{' .. ARGV[i] .. '}:'
-  local m = redis.call('HMGET', prefix .. 'meta', 'cursor', 'version', 'written_version',
-                       'status', 'eval_version', 'last_flush_at', 'refused_version')
-  local special = 0
-  for _, name in ipairs(redis.call('HKEYS', prefix .. 'meta')) do
-    if string.sub(name, 1, 7) == 'poison:' or special_fields[name] then special = 1 break end
-  end
-  local head, bytes, last = '', 0, ''
-  if redis.call('XLEN', prefix .. 'events') > 0 then
-    head = redis.call('HGET', prefix .. 'state', 'head') or ''
-    bytes = stream_bytes(prefix .. 'events', ARGV[1])
-    last = redis.call('XREVRANGE', prefix .. 'events', '+', '-', 'COUNT', 1)[1][1]
-  end
-  out[#out + 1] = {head, m[1] or '', m[2] or '', m[3] or '', m[4] or '', m[5] or '',
-                   m[6] or '', m[7] or '', special, bytes, last}
-end
-return out
-"""
 
-# ARGV, for each job: job id, the head read ('' for none), the new head, then counted groups:
+# lua/drain_commit.lua. ARGV, for each job: job id, the head read ('' for none), the new head, then counted groups:
 # record fields (name, value)*, meta fields (name, value)*, changes (score, step)*, decision
 # fields (name, value)*, and last the stream id to trim below. A job is committed only if its
 # head is still the one read (compare-and-set); returns 1 or 0 per job.
-COMMIT_SCRIPT = """
-local function call_in_chunks(command, key, first, count)
-  local last = first + 2 * count - 1  -- count (field, value) or (score, member) pairs
-  for from = first, last, 400 do  -- 200 pairs a call: few calls, and within Lua's stack
-    redis.call(command, key, unpack(ARGV, from, math.min(from + 399, last)))
-  end
-end
-local out = {}
-local i = 1
-while i <= #ARGV do
-  local prefix = 'ckpt:{' .. ARGV[i] .. '}:'
-  local ok = (redis.call('HGET', prefix .. 'state', 'head') or '') == ARGV[i + 1]
-  if ok then redis.call('HSET', prefix .. 'state', 'head', ARGV[i + 2]) end
-  i = i + 3
-  for _, target in ipairs({{'HSET', 'state'}, {'HSET', 'meta'}, {'ZADD', 'changes'},
-                           {'HSET', 'decision'}}) do
-    local n = tonumber(ARGV[i])
-    if ok then call_in_chunks(target[1], prefix .. target[2], i + 1, n) end
-    i = i + 1 + 2 * n
-  end
-  if ok then redis.call('XTRIM', prefix .. 'events', 'MINID', ARGV[i]) end
-  i = i + 1
-  out[#out + 1] = ok and 1 or 0
-end
-return out
-"""
 # Redis runs a script alone: these chunks keep each call to a millisecond or two.
 READ_CHUNK_JOBS = 250
 COMMIT_CHUNK_JOBS = 100
@@ -224,7 +168,7 @@ def _read(
     Two pipelined round trips: the first says how many bytes each stream holds, so that a
     stream past the read budget is left to ``drain_job``'s bounded read, unread here.
     """
-    script = redis.register_script(READ_SCRIPT)
+    script = registered(redis, "drain_read")
     pipe = redis.pipeline(transaction=False)
     for start in range(0, len(job_ids), READ_CHUNK_JOBS):
         script(args=[count, *job_ids[start : start + READ_CHUNK_JOBS]], client=pipe)
@@ -322,7 +266,7 @@ def _fold(job: _Job) -> None:
 
 def _commit(redis: Any, jobs: list[_Job]) -> list[str]:
     """Commit each job with the compare-and-set script; return the jobs that lost the race."""
-    script = redis.register_script(COMMIT_SCRIPT)
+    script = registered(redis, "drain_commit")
     pipe = redis.pipeline(transaction=False)
     for start in range(0, len(jobs), COMMIT_CHUNK_JOBS):
         args: list[Any] = []

@@ -16,6 +16,7 @@ from typing import Any
 from producer.wire import as_text, is_finished
 
 from . import keys
+from .scripts import registered
 
 META_FIELDS = (
     "version", "written_version", "status", "eval_version", "last_flush_at", "refused_version",
@@ -71,24 +72,6 @@ def read_levels(redis: Any, job_ids: list[str]) -> list[Levels]:
 # returns [id, stream length, version, written_version, status, eval_version, last_flush_at,
 # refused_version, scoring task queued (0/1), sink task queued (0/1)]. The key names are those
 # of keys.py; they are built here so one call covers hundreds of jobs (single-node Redis).
-SCAN_SCRIPT = """
-local out = {}
-local finished = {completed = true, failed = true, cancelled = true}
-for i = 1, #ARGV do
-  local prefix = 'ckpt:{' .. ARGV[i] .. '}:'
-  local undrained = redis.call('XLEN', prefix .. 'events')
-  local m = redis.call('HMGET', prefix .. 'meta', 'version', 'written_version', 'status',
-                       'eval_version', 'last_flush_at', 'refused_version')
-  local version = tonumber(m[1]) or 0
-  local written = math.max(tonumber(m[2]) or 0, tonumber(m[6]) or 0)
-  if undrained > 0 or version > written or (m[3] and finished[m[3]]) then
-    out[#out + 1] = {ARGV[i], undrained, m[1] or '', m[2] or '', m[3] or '', m[4] or '',
-                     m[5] or '', m[6] or '', redis.call('EXISTS', prefix .. 'queued:scoring'),
-                     redis.call('EXISTS', prefix .. 'queued:sink')}
-  end
-end
-return out
-"""
 SCAN_CHUNK_JOBS = 500  # Redis runs a script alone: a chunk blocks it for about a millisecond
 
 
@@ -108,7 +91,7 @@ def scan_levels(redis: Any, job_ids: list[str]) -> list[JobWork]:
     The filtering runs in Redis (a script per chunk of jobs, the chunks pipelined): idle jobs
     cost no Python time, which matters when a pump watches thousands of jobs.
     """
-    script = redis.register_script(SCAN_SCRIPT)
+    script = registered(redis, "pump_scan")
     pipe = redis.pipeline(transaction=False)
     for start in range(0, len(job_ids), SCAN_CHUNK_JOBS):
         script(args=job_ids[start : start + SCAN_CHUNK_JOBS], client=pipe)

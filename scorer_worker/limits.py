@@ -23,6 +23,7 @@ from typing import Any
 from producer.wire import as_text
 
 from . import keys
+from .scripts import registered
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -33,34 +34,6 @@ STALLED_FIELD = "stalled_since"  # meta: when the job was found silent
 # ARGV: job ids. For each job: {id, undrained entries, stream bytes (-1: unknown), entries
 # added to its stream ever (-1 without a pod user), status, drained_at, stalled_since,
 # cut_off ('' for none), pod user ('' for none), state bytes (pod jobs; 0 else)}.
-USAGE_SCRIPT = """
-local out = {}
-for i = 1, #ARGV do
-  local prefix = 'ckpt:{' .. ARGV[i] .. '}:'
-  local m = redis.call('HMGET', prefix .. 'meta', 'status', 'drained_at', 'stalled_since',
-                       'cut_off', 'pod_user')
-  local undrained = redis.call('XLEN', prefix .. 'events')
-  local bytes, added, state_bytes = 0, -1, 0
-  if undrained > 0 then
-    bytes = redis.pcall('MEMORY', 'USAGE', prefix .. 'events', 'SAMPLES', '0')
-    if type(bytes) ~= 'number' then bytes = -1 end
-  end
-  if m[5] then
-    added = 0  -- a pod job whose stream does not exist yet: none added
-    state_bytes = redis.pcall('MEMORY', 'USAGE', prefix .. 'state', 'SAMPLES', '0')
-    if type(state_bytes) ~= 'number' then state_bytes = 0 end
-  end
-  if m[5] and redis.call('EXISTS', prefix .. 'events') == 1 then
-    local info = redis.call('XINFO', 'STREAM', prefix .. 'events')
-    for j = 1, #info, 2 do
-      if info[j] == 'entries-added' then added = info[j + 1] end
-    end
-  end
-  out[#out + 1] = {ARGV[i], undrained, bytes, added, m[1] or '', m[2] or '', m[3] or '',
-                   m[4] or '', m[5] or '', state_bytes}
-end
-return out
-"""
 USAGE_CHUNK_JOBS = 200
 
 
@@ -162,7 +135,7 @@ class LimitKeeper:
 
 def read_usage(redis: Any, job_ids: list[str]) -> list[Usage]:
     """Read every job's usage (a script per chunk of jobs, the chunks pipelined)."""
-    script = redis.register_script(USAGE_SCRIPT)
+    script = registered(redis, "job_usage")
     pipe = redis.pipeline(transaction=False)
     for start in range(0, len(job_ids), USAGE_CHUNK_JOBS):
         script(args=job_ids[start : start + USAGE_CHUNK_JOBS], client=pipe)

@@ -30,6 +30,7 @@ from .errors import StateConflict
 from .models import WireEvent
 from .ranking import summarize
 from .scoring import get_profile
+from .scripts import registered
 from .state import HEAD_FIELD, PACKED_FIELD, RECORD_PREFIXES, JobState
 
 _KIND_PREFIX = {
@@ -113,19 +114,6 @@ DRAIN_READ_MAX_BYTES = 16 * 1024 * 1024
 DEAD_HEAD_BYTES = 4096
 # KEYS: the stream. ARGV: start id, count, entry cap, head bytes. Each entry within the cap
 # is returned as {id, fields}; a larger one as {id, size, head of its first value}.
-BOUNDED_READ_SCRIPT = """
-local out = {}
-for _, entry in ipairs(redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])) do
-  local size = 0
-  for _, part in ipairs(entry[2]) do size = size + #part end
-  if size <= tonumber(ARGV[3]) then
-    out[#out + 1] = {entry[1], entry[2]}
-  else
-    out[#out + 1] = {entry[1], size, string.sub(entry[2][2] or '', 1, tonumber(ARGV[4]))}
-  end
-end
-return out
-"""
 
 
 @dataclass(frozen=True)
@@ -207,7 +195,7 @@ class StateTransaction:
             entries = self._pipe.xrange(events, following, "+", count)
             return [(as_text(entry_id), fields) for entry_id, fields in entries]
         bounded = self.last_read_limit = max(1, min(count, max_bytes // ENTRY_MAX_BYTES))
-        script = self._redis.register_script(BOUNDED_READ_SCRIPT)
+        script = registered(self._redis, "bounded_read")
         args = [following, bounded, ENTRY_MAX_BYTES, DEAD_HEAD_BYTES]
         rows = script(keys=[events], args=args, client=self._pipe)
         return [_bounded_entry(row) for row in rows]
