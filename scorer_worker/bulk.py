@@ -32,7 +32,8 @@ from .state import INITIAL_CURSOR, RECORD_PREFIXES, JobState
 from .store import changed_steps, meta_fields, next_stream_id, stream_id_key
 from .summary import retained_steps
 
-# lua/drain_read.lua. ARGV: the batch's event count, then job ids. For each job: {head ('' when its stream is
+# lua/drain_read.lua.
+# ARGV: the batch's event count, then job ids. For each job: {head ('' when its stream is
 # empty), cursor, version, written_version, status, eval_version, last_flush_at,
 # refused_version, special (0/1: a poison event, a cut-off or a stall to fold: drain_job),
 # stream bytes, last entry id}. Key names are those of keys.py, built here so one call covers
@@ -40,7 +41,8 @@ from .summary import retained_steps
 # plain XRANGE up to that last id, which is cheaper than passing them through Lua, and only
 # for streams within the read budget: nothing a pod appends meanwhile is read.
 
-# lua/drain_commit.lua. ARGV, for each job: job id, the head read ('' for none), the new head, then counted groups:
+# lua/drain_commit.lua.
+# ARGV, for each job: job id, the head read ('' for none), the new head, then counted groups:
 # record fields (name, value)*, meta fields (name, value)*, changes (score, step)*, decision
 # fields (name, value)*, and last the stream id to trim below. A job is committed only if its
 # head is still the one read (compare-and-set); returns 1 or 0 per job.
