@@ -12,8 +12,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from producer.events import spell_non_finite
 from producer.redaction import terminal_safe
-from producer.wire import spell_non_finite
 from scorer_worker.errors import PipelineError
 from scorer_worker.settings import Settings
 

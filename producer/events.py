@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -13,10 +14,18 @@ from .wire import (
     MAX_LIST_ITEMS,
     WIRE_VERSION,
     is_valid_job_id,
-    spell_non_finite,
 )
 
 Event = dict[str, Any]
+
+
+def spell_non_finite(value: float) -> str | float:
+    """Return the wire spelling of a non-finite float ("nan", "inf", "-inf"), else ``value``."""
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return value
 
 
 def wire_number(value: Any) -> float | int | str | None:

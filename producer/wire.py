@@ -5,7 +5,6 @@ This module is standard library only so that it can be embedded in a pod script.
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any
 
@@ -22,8 +21,6 @@ TRAIN_END = "train_end"
 KINDS = (TRAIN_BEGIN, TRAIN_LOG, EVAL, CHECKPOINT_SAVED, TRAIN_END)
 
 END_STATUSES = ("completed", "failed", "cancelled")  # the finished statuses of a job
-# A non-finite number travels as one of these strings (JSON has no NaN or infinity).
-NON_FINITE_SPELLINGS = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
 JOB_ID_PATTERN = r"[A-Za-z0-9_-]{1,64}"
 _JOB_ID_RE = re.compile(JOB_ID_PATTERN)
@@ -121,15 +118,6 @@ def checkpoint_step(name: str) -> int | None:
 def is_finished(status: object) -> bool:
     """Return True when ``status`` is one of :data:`END_STATUSES` (a job that ended)."""
     return status in END_STATUSES
-
-
-def spell_non_finite(value: float) -> str | float:
-    """Return the wire spelling of a non-finite float ("nan", "inf", "-inf"), else ``value``."""
-    if math.isnan(value):
-        return "nan"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return value
 
 
 def as_text(value: Any, errors: str = "strict") -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -24,11 +25,13 @@ from producer.wire import (
     MAX_EVENT_BYTES,
     MAX_LIST_ITEMS,
     MAX_STEP,
-    NON_FINITE_SPELLINGS,
     WIRE_VERSION,
 )
 
 from .errors import InvalidEvent
+
+# What the wire's non-finite spellings mean (DESIGN section 3: the scorer decides).
+NON_FINITE_SPELLINGS = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
 CHECKPOINT_PATTERN = rf"^{CHECKPOINT_PREFIX}[0-9]+$"
 MAX_RETAINED = MAX_LIST_ITEMS  # checkpoint names in one checkpoint_saved

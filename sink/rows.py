@@ -15,8 +15,9 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
+from producer.events import spell_non_finite
 from producer.redaction import db_safe, redact
-from producer.wire import CHECKPOINT_PREFIX, spell_non_finite
+from producer.wire import CHECKPOINT_PREFIX
 from scorer_worker.state import JobState
 from scorer_worker.summary import Pick, Summary
 
