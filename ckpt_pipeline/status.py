@@ -10,6 +10,7 @@ from producer.redaction import redact_value
 from producer.wire import DECISION_SCORE_PREFIX, as_text
 from scorer_worker import keys
 from scorer_worker.deadletter import list_dead_letters
+from scorer_worker.keys import JobMeta
 from scorer_worker.registry import job_secrets
 from scorer_worker.settings import Settings
 from scorer_worker.store import load_state
@@ -19,13 +20,13 @@ SECRET_FIELDS = ("token", "job_token", "pod_password")
 
 def pipeline_state(redis: Any, job_id: str) -> dict[str, Any]:
     """Return the job's lag, versions, dead letters and sink errors."""
-    meta = {as_text(k): as_text(v) for k, v in redis.hgetall(keys.meta(job_id)).items()}
+    meta = JobMeta.from_hash(redis.hgetall(keys.meta(job_id)))
     state = load_state(redis, job_id)
-    version = state.version
-    written = int(meta.get("written_version") or 0)
+    version, written = state.version, meta.written_version
+    stalled = meta.stalled_since if not state.end else None
     letters = list_dead_letters(redis, count=5, job_id=job_id)
     return {
-        "registered": bool(meta.get("token")),
+        "registered": bool(meta.token),
         "active": bool(redis.sismember(keys.JOBS, job_id)),
         "lag_events": int(redis.xlen(keys.events(job_id))),
         "cursor": state.cursor,
@@ -35,10 +36,10 @@ def pipeline_state(redis: Any, job_id: str) -> dict[str, Any]:
         "evals": len(state.evals),
         "dead_letters": state.dead_letters,
         "recent_dead_letters": [f"{entry_id}: {letter.reason}" for entry_id, letter in letters],
-        "sink_error": meta.get("sink_error"),
-        "sink_error_kind": meta.get("sink_error_kind"),
-        "cut_off": meta.get("cut_off"),
-        "stalled_since": meta.get("stalled_since") if not state.end else None,
+        "sink_error": meta.sink_error,
+        "sink_error_kind": meta.sink_error_kind,
+        "cut_off": meta.cut_off,
+        "stalled_since": None if stalled is None else repr(stalled),  # as stored
         "decision": decision_header(redis, job_id),
     }
 

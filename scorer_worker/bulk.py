@@ -1,92 +1,56 @@
 """Draining many jobs at once: three pipelined round trips for all the jobs of a task.
 
-:func:`~scorer_worker.drain.drain_job` makes about eight round trips per job (watch, head,
-events, records, commit...). With thousands of live jobs each sending an event a second,
-those round trips are the cost. :func:`drain_many` reads every job's levels, head and new
-events in one pipelined round trip (a script per chunk of jobs, beside plain ``XRANGE``),
-the records those events touch in a second, and commits every job in a third with a script
-per chunk of jobs that writes a job only if its head is still the one read (a
-compare-and-set). A job this path does not take (a resume or another out-of-order fact, a
-dead letter, a poison event, a packed state, a lost compare-and-set) is left to
-``drain_job``, which handles everything.
+With thousands of live jobs each sending an event a second, round trips are the cost.
+:func:`drain_many` reads every job's levels, head and new events in one pipelined round trip
+(``lua/drain_read.lua`` per chunk of jobs, beside plain ``XRANGE``), the records those
+events touch in a second, and commits every job in a third (:func:`~scorer_worker.commit.
+commit_all`, the one commit path). Each job is folded by the same
+:class:`~scorer_worker.store.StateTransaction` and :class:`~scorer_worker.fold.Fold` as in
+:func:`~scorer_worker.drain.drain_job`, which is the fallback: a job this path does not take
+(a resume or another out-of-order fact, an invalid event, a poison event given up on, a
+packed state, a cut-off or a stall, a lost compare-and-set) is left to it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from producer.wire import as_text
 
+from . import commit as commits
 from . import keys
-from .decision import decision_basis, decision_write
-from .drain import DrainResult, NeedsFullLoad, apply_event, record_poison
+from .drain import DrainResult
 from .errors import InvalidEvent, PoisonEvent
-from .levels import META_FIELDS, Levels, levels_from_meta
-from .models import WireEvent, decode_entry
+from .fold import Fold, NeedsFullLoad, decode_batch
+from .keys import LEVEL_FIELDS, POISON_PREFIX, MetaField
+from .levels import Levels, levels_from_values
+from .poison import Poisoned, record_poison
 from .scripts import registered
 from .settings import Settings
-from .state import INITIAL_CURSOR, RECORD_PREFIXES, JobState
-from .store import changed_steps, meta_fields, next_stream_id, stream_id_key
-from .summary import retained_steps
+from .state import HEAD_FIELD, INITIAL_CURSOR
+from .store import StateTransaction
+from .streams import next_stream_id, stream_id_key
 
-# lua/drain_read.lua.
-# ARGV: the batch's event count, then job ids. For each job: {head ('' when its stream is
-# empty), cursor, version, written_version, status, eval_version, last_flush_at,
-# refused_version, special (0/1: a poison event, a cut-off or a stall to fold: drain_job),
-# stream bytes, last entry id}. Key names are those of keys.py, built here so one call covers
-# hundreds of jobs (single-node Redis, like the pump's scan). The events are then read with
-# plain XRANGE up to that last id, which is cheaper than passing them through Lua, and only
-# for streams within the read budget: nothing a pod appends meanwhile is read.
-
-# lua/drain_commit.lua.
-# ARGV, for each job: job id, the head read ('' for none), the new head, then counted groups:
-# record fields (name, value)*, meta fields (name, value)*, changes (score, step)*, decision
-# fields (name, value)*, and last the stream id to trim below. A job is committed only if its
-# head is still the one read (compare-and-set); returns 1 or 0 per job.
-# Redis runs a script alone: these chunks keep each call to a millisecond or two.
-READ_CHUNK_JOBS = 250
-COMMIT_CHUNK_JOBS = 100
+READ_CHUNK_JOBS = 250  # Redis runs a script alone: a chunk keeps a call to a millisecond
 # Events held in memory at once by a round: the jobs share it, so 500 busy jobs take 40 events
 # each per round (and more rounds), not 1,000 each (half a million decoded events).
 ROUND_EVENTS = 10_000
 MIN_EVENTS_PER_JOB = 10
-
-
-class _NotHere(Exception):
-    """Internal: this job needs ``drain_job``."""
-
-
-class _Poisoned(Exception):
-    """Internal: applying an event raised (a scoring bug), counted as a poison attempt."""
-
-    def __init__(self, entry_id: str, cause: Exception) -> None:
-        super().__init__(f"event {entry_id}: scoring raised {cause!r}")
-        self.entry_id, self.cause = entry_id, cause
+_READ_FIELDS = (MetaField.CURSOR, *LEVEL_FIELDS)
+_SPECIAL_FIELDS = (MetaField.CUT_OFF, MetaField.STALLED_SINCE)  # facts for drain_job to fold
 
 
 @dataclass
-class _Job:
-    """One job's batch in flight: what was read, and the state folded from it."""
+class _Batch:
+    """One job's batch in flight: its transaction, its entries decoded, its levels read."""
 
-    job_id: str
-    head: str
-    state: JobState
-    entries: list[tuple[str, WireEvent]] = field(default_factory=list)
-    loaded: dict[str, str | None] = field(default_factory=dict)
-    full: bool = False  # never: a batch needing every record goes to drain_job
-    stored_max_eval: int = -1  # the highest evaluation step stored before this batch
-    meta: dict[str, Any] = field(default_factory=dict)  # the levels' meta fields, as read
-    basis: tuple[Any, ...] = ()  # what the stored decision's header was derived from
-
-    def load_evals(self, steps: Iterable[int]) -> None:
-        """Check the evaluation records a new checkpoint needs were read with the batch."""
-        for step in steps:
-            stored = step <= self.stored_max_eval and step not in self.state.evals
-            if stored and f"{RECORD_PREFIXES['evals']}{step}" not in self.loaded:
-                raise _NotHere
+    txn: StateTransaction
+    decoded: list[tuple[str, Any, Any]]
+    levels: Levels
+    wanted: set[str]  # the record fields to read before folding
 
 
 @dataclass
@@ -123,176 +87,125 @@ def _round(
     redis: Any, job_ids: list[str], settings: Settings, count: int, bulk: BulkResult
 ) -> list[str]:
     """One batch of at most ``count`` events per job; return the jobs with more to drain."""
-    results, not_here = bulk.results, bulk.left
-    jobs = _read(redis, job_ids, settings, count, bulk)
-    _read_records(redis, jobs)
-    folded = []
-    for job in jobs:
-        try:
-            _fold(job)
-            folded.append(job)
-        except _Poisoned as poisoned:
-            _poisoned(redis, job.job_id, poisoned, settings, bulk)
-        except (NeedsFullLoad, _NotHere):
-            not_here.append(job.job_id)
-    lost = _commit(redis, folded)
-    not_here += lost
+    batches = _read(redis, job_ids, settings, count, bulk)
+    _read_records(redis, batches)
+    folded = [b for b in batches if _fold(redis, b, settings, bulk)]
+    drained_at = time.time()
+    written = commits.commit_all(redis, [b.txn.prepare(drained_at=drained_at) for b in folded])
     more: list[str] = []
-    for job in folded:
-        if job.job_id in lost:
+    for batch, ok in zip(folded, written, strict=True):
+        job_id, state = batch.txn.job_id, batch.txn.state
+        if not ok:
+            bulk.left.append(job_id)  # lost the compare-and-set: drain_job reads again
             continue
-        result = results[job.job_id]
-        result.events += len(job.entries)
+        result = bulk.results[job_id]
+        result.events += len(batch.decoded)
         result.commits += 1
-        result.version = job.state.version
-        result.caught_up = len(job.entries) < count
-        # The meta hash as the commit left it: what decides the job's flush request.
-        bulk.levels[job.job_id] = levels_from_meta({**job.meta, **meta_fields(job.state)})
+        result.version = state.version
+        result.caught_up = len(batch.decoded) < count
+        # The levels as the commit left them: what decides the job's flush request.
+        bulk.levels[job_id] = dataclasses.replace(
+            batch.levels, version=state.version, status=state.status,
+            eval_version=state.eval_version,
+        )  # fmt: skip
         if not result.caught_up:
-            more.append(job.job_id)
+            more.append(job_id)
     return more
 
 
-def _poisoned(
-    redis: Any, job_id: str, poisoned: _Poisoned, settings: Settings, bulk: BulkResult
-) -> None:
-    if record_poison(redis, job_id, poisoned.entry_id, poisoned.cause, settings):
-        bulk.left.append(job_id)  # given up: drain_job dead-letters it and goes on
-    else:
-        bulk.failed[job_id] = PoisonEvent(f"job {job_id}: {poisoned}")
+def _fold(redis: Any, batch: _Batch, settings: Settings, bulk: BulkResult) -> bool:
+    """Fold the batch; return False when the job is left to ``drain_job`` or failed."""
+    txn = batch.txn
+    try:
+        fold = Fold(txn, settings.dead_payload_max_bytes, ())
+        fold.run(batch.decoded, {})
+    except Poisoned as poisoned:
+        if record_poison(redis, txn.job_id, poisoned, settings):
+            bulk.left.append(txn.job_id)  # given up: drain_job dead-letters it and goes on
+        else:
+            bulk.failed[txn.job_id] = PoisonEvent(f"job {txn.job_id}: {poisoned}")
+        return False
+    except NeedsFullLoad:
+        bulk.left.append(txn.job_id)
+        return False
+    txn.state.cursor = batch.decoded[-1][0]
+    if fold.changed:
+        txn.state.version += 1
+    return True
 
 
 def _read(
     redis: Any, job_ids: list[str], settings: Settings, count: int, bulk: BulkResult
-) -> list[_Job]:
+) -> list[_Batch]:
     """Read every job's levels (and, for jobs with events, the head), then their events.
 
     Two pipelined round trips: the first says how many bytes each stream holds, so that a
     stream past the read budget is left to ``drain_job``'s bounded read, unread here.
     """
     script = registered(redis, "drain_read")
+    args = [count, HEAD_FIELD, POISON_PREFIX, len(_READ_FIELDS), *_READ_FIELDS, *_SPECIAL_FIELDS]
     pipe = redis.pipeline(transaction=False)
     for start in range(0, len(job_ids), READ_CHUNK_JOBS):
-        script(args=[count, *job_ids[start : start + READ_CHUNK_JOBS]], client=pipe)
+        chunk = job_ids[start : start + READ_CHUNK_JOBS]
+        job_keys = [k for j in chunk for k in (keys.meta(j), keys.state(j), keys.events(j))]
+        script(keys=job_keys, args=args, client=pipe)
     heads = [row for rows in (pipe.execute() if job_ids else []) for row in rows]
     readable = []
-    for job_id, (*levels_read, special, stream_bytes, last) in zip(job_ids, heads, strict=True):
-        meta = dict(zip(META_FIELDS, (as_text(v) or None for v in levels_read[2:]), strict=True))
-        bulk.levels[job_id] = levels_from_meta(meta)
-        if special or int(stream_bytes) > settings.drain_read_max_bytes:
+    for job_id, (head, cursor, *values, special, size, last) in zip(job_ids, heads, strict=True):
+        levels = bulk.levels[job_id] = levels_from_values(values)
+        if special or int(size) > settings.drain_read_max_bytes:
             bulk.left.append(job_id)
         elif not last:  # caught up: nothing to fold or commit
             result = bulk.results[job_id]
-            result.caught_up, result.version = True, bulk.levels[job_id].version
+            result.caught_up, result.version = True, levels.version
         else:
-            readable.append((job_id, levels_read[0], levels_read[1], meta, as_text(last)))
+            readable.append((job_id, head, as_text(cursor), levels, as_text(last)))
     for job_id, *_, last in readable:
         # A commit trims what it drained, so the stream holds only entries after the cursor
-        # (checked in _job; the compare-and-set catches a commit made meanwhile).
+        # (checked in _batch; the compare-and-set catches a commit made meanwhile).
         pipe.xrange(keys.events(job_id), "-", last, count)
-    jobs = []
-    for (job_id, head, cursor, meta, _), entries in zip(
+    batches = []
+    for (job_id, head, cursor, levels, _), entries in zip(
         readable, pipe.execute() if readable else [], strict=True
     ):
-        job = _job(job_id, as_text(head), as_text(cursor), entries, settings)
-        if job is None:
+        batch = _batch(redis, job_id, head, cursor, entries, levels, settings)
+        if batch is None:
             bulk.left.append(job_id)
         else:
-            job.meta = meta
-            jobs.append(job)
-    return jobs
+            batches.append(batch)
+    return batches
 
 
-def _job(job_id: str, head: str, cursor: str, entries: list, settings: Settings) -> _Job | None:
+def _batch(
+    redis: Any, job_id: str, head: Any, cursor: str, entries: list, levels: Levels,
+    settings: Settings,
+) -> _Batch | None:  # fmt: skip
     """The job's batch, or None when it needs ``drain_job``."""
-    state = JobState.from_head(job_id, head, settings.profile)
-    if state.packed or state.summary is None or (cursor or INITIAL_CURSOR) != state.cursor:
-        return None  # packed records, an old head, or a meta cursor that is not the head's
+    txn = StateTransaction(redis, job_id, settings.profile, head=head or None)
+    state = txn.state
+    if (cursor or INITIAL_CURSOR) != state.cursor:
+        return None  # a meta cursor that is not the head's
     if stream_id_key(entries[0][0]) <= stream_id_key(state.cursor):
         return None  # an entry at or before the cursor (never left by a commit): drain_job
     if next_stream_id(as_text(entries[-1][0])) is None:
-        return None  # the largest possible id: the commit script cannot trim past it
-    highest = state.summary.max_eval_step
-    job = _Job(job_id, head, state, stored_max_eval=-1 if highest is None else highest)
-    job.basis = decision_basis(state.summary)
-    try:
-        job.entries = [(as_text(i), decode_entry(fields, job_id)) for i, fields in entries]
-    except InvalidEvent:  # a dead letter: drain_job writes it with the state
-        return None
-    if state.version > 0 and any(e.kind == "train_begin" for _, e in job.entries):
-        return None  # a new attempt may drop records: a full load
-    return job
+        return None  # the largest possible id: drain_job trims past it
+    decoded = decode_batch(job_id, [(as_text(i), fields) for i, fields in entries])
+    if any(isinstance(event, InvalidEvent) for _, _, event in decoded):
+        return None  # a dead letter: drain_job redacts and writes it with the state
+    wanted = txn.wanted_for(event for _, _, event in decoded)
+    if wanted is None:
+        return None  # every record is needed (packed, old head, new attempt): drain_job
+    return _Batch(txn, decoded, levels, wanted)
 
 
-def _read_records(redis: Any, jobs: list[_Job]) -> None:
+def _read_records(redis: Any, batches: list[_Batch]) -> None:
     """Read the records the batches touch (and the retained evals of their checkpoints)."""
     pipe = redis.pipeline(transaction=False)
     asked = []
-    for job in jobs:
-        names = sorted(_wanted(job))
+    for batch in batches:
+        names = sorted(batch.wanted)
         if names:
-            pipe.hmget(keys.state(job.job_id), names)
-            asked.append((job, names))
-    for (job, names), values in zip(asked, pipe.execute() if asked else [], strict=True):
-        job.loaded = {name: as_text(value) for name, value in zip(names, values, strict=True)}
-        job.state.load_records(job.loaded)
-
-
-def _wanted(job: _Job) -> set[str]:
-    summary, prefixes, stored_evals = job.state.summary, RECORD_PREFIXES, job.stored_max_eval
-    names = set()
-    for _, event in job.entries:
-        if event.kind == "checkpoint_saved":
-            names.add(f"{prefixes['saves']}{event.step}")
-            steps = retained_steps(event.info.retained)
-            names.update(f"{prefixes['evals']}{s}" for s in steps if s <= stored_evals)
-        elif event.kind in ("train_log", "eval") and not summary.proves_absent(event):
-            prefix = prefixes["train"] if event.kind == "train_log" else prefixes["evals"]
-            names.add(f"{prefix}{event.step}")
-    return names
-
-
-def _fold(job: _Job) -> None:
-    changed = False
-    for entry_id, event in job.entries:
-        try:
-            changed = apply_event(job, event) or changed
-        except (NeedsFullLoad, _NotHere):
-            raise
-        except Exception as exc:  # a scoring bug: counted, retried, dead-lettered at last
-            raise _Poisoned(entry_id, exc) from exc
-    job.state.cursor = job.entries[-1][0]
-    if changed:
-        job.state.version += 1
-
-
-def _commit(redis: Any, jobs: list[_Job]) -> list[str]:
-    """Commit each job with the compare-and-set script; return the jobs that lost the race."""
-    script = registered(redis, "drain_commit")
-    pipe = redis.pipeline(transaction=False)
-    for start in range(0, len(jobs), COMMIT_CHUNK_JOBS):
-        args: list[Any] = []
-        for job in jobs[start : start + COMMIT_CHUNK_JOBS]:
-            args.extend(_commit_args(job))
-        script(args=args, client=pipe)
-    replies = [ok for oks in pipe.execute() for ok in oks] if jobs else []
-    return [job.job_id for job, ok in zip(jobs, replies, strict=True) if not ok]
-
-
-def _commit_args(job: _Job) -> list[Any]:
-    state = job.state
-    changed = [(n, v) for n, v in state.record_fields().items() if job.loaded.get(n) != v]
-    args: list[Any] = [job.job_id, job.head, state.head_json()]
-    decision = decision_write(state, job.basis, full=False)
-    decided = list(decision.fields.items()) if decision else []
-    meta = list(meta_fields(state, time.time()).items())
-    for group in (changed, meta, _scored(state), decided):
-        args.append(len(group))
-        for pair in group:
-            args.extend(pair)
-    args.append(next_stream_id(state.cursor))
-    return args
-
-
-def _scored(state: JobState) -> list[tuple[int, str]]:
-    return [(score, step) for step, score in changed_steps(state).items()]
+            pipe.hmget(keys.state(batch.txn.job_id), names)
+            asked.append((batch, names))
+    for (batch, names), values in zip(asked, pipe.execute() if asked else [], strict=True):
+        batch.txn.add_records(dict(zip(names, values, strict=True)))

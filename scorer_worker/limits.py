@@ -23,18 +23,17 @@ from typing import Any
 from producer.wire import as_text
 
 from . import keys
+from .keys import MetaField
 from .scripts import registered
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-CUT_OFF_FIELD = "cut_off"  # meta: why the job was cut off
-STALLED_FIELD = "stalled_since"  # meta: when the job was found silent
-
-# ARGV: job ids. For each job: {id, undrained entries, stream bytes (-1: unknown), entries
-# added to its stream ever (-1 without a pod user), status, drained_at, stalled_since,
-# cut_off ('' for none), pod user ('' for none), state bytes (pod jobs; 0 else)}.
-USAGE_CHUNK_JOBS = 200
+USAGE_CHUNK_JOBS = 200  # jobs per call of lua/job_usage.lua
+_USAGE_FIELDS = (
+    MetaField.STATUS, MetaField.DRAINED_AT, MetaField.STALLED_SINCE, MetaField.CUT_OFF,
+    MetaField.POD_USER,
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -128,7 +127,7 @@ class LimitKeeper:
             return False
         if time.time() - usage.drained_at < self.settings.stall_after_s:
             return False
-        self.redis.hset(keys.meta(usage.job_id), STALLED_FIELD, repr(usage.drained_at))
+        self.redis.hset(keys.meta(usage.job_id), MetaField.STALLED_SINCE, repr(usage.drained_at))
         log.warning("job %s is silent since %.0f", usage.job_id, usage.drained_at)
         return True
 
@@ -137,25 +136,21 @@ def read_usage(redis: Any, job_ids: list[str]) -> list[Usage]:
     """Read every job's usage (a script per chunk of jobs, the chunks pipelined)."""
     script = registered(redis, "job_usage")
     pipe = redis.pipeline(transaction=False)
-    for start in range(0, len(job_ids), USAGE_CHUNK_JOBS):
-        script(args=job_ids[start : start + USAGE_CHUNK_JOBS], client=pipe)
+    chunks = [job_ids[i : i + USAGE_CHUNK_JOBS] for i in range(0, len(job_ids), USAGE_CHUNK_JOBS)]
+    for chunk in chunks:
+        job_keys = [k for j in chunk for k in (keys.meta(j), keys.events(j), keys.state(j))]
+        script(keys=job_keys, args=_USAGE_FIELDS, client=pipe)
+    rows = [row for rows in (pipe.execute() if job_ids else []) for row in rows]
     found = []
-    for rows in pipe.execute() if job_ids else []:
-        for job_id, undrained, size, added, status, drained, stalled, cut, pod, state in rows:
-            found.append(
-                Usage(
-                    as_text(job_id),
-                    int(undrained),
-                    int(size),
-                    int(added),
-                    as_text(status) or None,
-                    _float(drained),
-                    _float(stalled),
-                    as_text(cut) or None,
-                    as_text(pod) or None,
-                    int(state),
-                )
+    for job_id, row in zip(job_ids, rows, strict=True):
+        undrained, size, added, status, drained, stalled, cut, pod, state = row
+        found.append(
+            Usage(
+                job_id, int(undrained), int(size), int(added), as_text(status) or None,
+                _float(drained), _float(stalled), as_text(cut) or None, as_text(pod) or None,
+                int(state),
             )
+        )  # fmt: skip
     return found
 
 
@@ -168,7 +163,8 @@ def cut_off_job(redis: Any, job_id: str, reason: str, pod_user: str | None = Non
     if pod_user and redis.acl_getuser(pod_user) is not None:
         redis.acl_setuser(pod_user, enabled=False)
         redis.execute_command("CLIENT", "KILL", "USER", pod_user)
-    redis.hset(keys.meta(job_id), mapping={CUT_OFF_FIELD: reason, "cut_off_at": repr(time.time())})
+    cut_off = {MetaField.CUT_OFF: reason, MetaField.CUT_OFF_AT: repr(time.time())}
+    redis.hset(keys.meta(job_id), mapping=cut_off)
     log.error("job %s cut off: %s", job_id, reason)
 
 

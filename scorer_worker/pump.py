@@ -19,11 +19,13 @@ from typing import Any
 from producer.wire import as_text, job_of_stream_key
 
 from . import keys
+from .coalescing import flush_due
 from .dispatch import enqueue_many
-from .levels import read_levels, scan_levels
+from .levels import read_levels
 from .limits import LimitKeeper
 from .registry import drop_pod_user
 from .routes import Route
+from .scan import scan_levels
 from .settings import Settings
 from .store import compact_state
 
@@ -97,15 +99,16 @@ class Pump:
         )
         result = PassResult(jobs=len(jobs))
         drains, eval_flushes, flushes, now = [], [], [], time.time()
-        for work in scan_levels(self.redis, jobs):  # only the jobs with something to do
+        flush_queue = self.flush.queue if self.flush is not None else "sink"
+        for work in scan_levels(self.redis, jobs, flush_queue):  # only jobs with work
             job_id, levels = work.job_id, work.levels
             if levels.undrained > 0:
                 result.behind_scoring += 1
                 if not work.drain_queued:
                     drains.append(job_id)
-            if levels.version > max(levels.written, levels.refused):  # refused: not retried
+            if levels.sink_behind:  # a version refused for good is not retried
                 result.behind_sink += 1
-                due = levels.flush_due(now, self.settings.flush_min_interval_s)
+                due = flush_due(levels, now, self.settings.flush_min_interval_s)
                 if due and not work.flush_queued:  # evaluations first: users wait for them
                     (eval_flushes if levels.eval_changed else flushes).append(job_id)
             elif levels.undrained == 0 and levels.finished:

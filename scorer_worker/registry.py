@@ -8,6 +8,13 @@ from typing import Any
 from producer.wire import is_valid_job_id
 
 from . import keys
+from .keys import SECRET_FIELDS, JobMeta, MetaField
+
+# What the sink last wrote: reset by a registration, so the row is written again.
+SINK_FIELDS = (
+    MetaField.WRITTEN_VERSION, MetaField.REFUSED_VERSION, MetaField.SINK_ERROR,
+    MetaField.SINK_ERROR_KIND,
+)  # fmt: skip
 
 
 def register_job(redis: Any, job_id: str, job_token: str) -> None:
@@ -24,10 +31,9 @@ def register_job(redis: Any, job_id: str, job_token: str) -> None:
     if not job_token:
         raise ValueError("the job token must not be empty")
     pipe = redis.pipeline(transaction=True)
-    pipe.hset(keys.meta(job_id), mapping={"token": job_token, "registered_at": repr(time.time())})
-    pipe.hdel(
-        keys.meta(job_id), "written_version", "refused_version", "sink_error", "sink_error_kind"
-    )
+    registration = {MetaField.TOKEN: job_token, MetaField.REGISTERED_AT: repr(time.time())}
+    pipe.hset(keys.meta(job_id), mapping=registration)
+    pipe.hdel(keys.meta(job_id), *SINK_FIELDS)
     pipe.sadd(keys.JOBS, job_id)
     pipe.execute()
 
@@ -44,24 +50,24 @@ def record_pod_user(redis: Any, job_id: str, username: str, password: str | None
     The password is kept (in the trusted meta hash, beside the job token) so that every
     operator-facing output can redact it.
     """
-    mapping = {"pod_user": username, **({"pod_password": password} if password else {})}
+    mapping = {MetaField.POD_USER: username}
+    if password:
+        mapping[MetaField.POD_PASSWORD] = password
     redis.hset(keys.meta(job_id), mapping=mapping)
-
-
-SECRET_META_FIELDS = ("token", "pod_password")
 
 
 def job_secrets(redis: Any, job_id: str) -> tuple[str, ...]:
     """Return the job's secrets (token, pod password) that outputs must redact."""
-    values = redis.hmget(keys.meta(job_id), *SECRET_META_FIELDS)
-    return tuple(v.decode() if isinstance(v, bytes) else v for v in values if v)
+    values = redis.hmget(keys.meta(job_id), *SECRET_FIELDS)
+    return JobMeta.from_hash(dict(zip(SECRET_FIELDS, values, strict=True))).secrets
 
 
 def drop_pod_user(redis: Any, job_id: str) -> bool:
     """Delete the job's pod ACL user, if it has one; return True when one was deleted."""
-    username = redis.hget(keys.meta(job_id), "pod_user")
+    username = redis.hget(keys.meta(job_id), MetaField.POD_USER)
     if not username:
         return False
     redis.acl_deluser(username.decode() if isinstance(username, bytes) else username)
-    redis.hdel(keys.meta(job_id), "pod_user")  # the password stays: old outputs may quote it
+    # The password stays: old outputs may quote it, and they are redacted by it.
+    redis.hdel(keys.meta(job_id), MetaField.POD_USER)
     return True

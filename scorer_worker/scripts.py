@@ -1,4 +1,8 @@
-"""The scorer's Lua scripts: ``scorer_worker/lua/<name>.lua``, read once, registered once.
+"""Lua scripts as ``lua/<name>.lua`` files beside their package, read once, registered once.
+
+The scorer's are in ``scorer_worker/lua/``, the sink's in ``sink/lua/``. Every key a script
+touches is passed in ``KEYS`` (all of one job's keys share its hash tag, so one node holds
+them), and field names come in ``ARGV`` from :mod:`scorer_worker.keys`.
 
 redis-py's :class:`~redis.commands.core.Script` keeps the script's SHA and runs it with
 EVALSHA (loading it again if the server lost it). One object per client and script, made
@@ -14,21 +18,22 @@ from typing import Any
 
 LUA_DIR = Path(__file__).with_name("lua")
 
-_REGISTERED: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+_Scripts = dict[tuple[Path, str], Any]
+_REGISTERED: weakref.WeakKeyDictionary[Any, _Scripts] = weakref.WeakKeyDictionary()
 
 
 @functools.cache
-def source(name: str) -> str:
-    """Return the text of ``lua/<name>.lua``."""
-    return (LUA_DIR / f"{name}.lua").read_text(encoding="utf-8")
+def source(name: str, lua_dir: Path = LUA_DIR) -> str:
+    """Return the text of ``<lua_dir>/<name>.lua``."""
+    return (lua_dir / f"{name}.lua").read_text(encoding="utf-8")
 
 
-def registered(redis: Any, name: str) -> Any:
+def registered(redis: Any, name: str, lua_dir: Path = LUA_DIR) -> Any:
     """Return ``redis``'s registered script ``name`` (registered on first use)."""
     try:
         scripts = _REGISTERED.setdefault(redis, {})
     except TypeError:  # a client that cannot be weakly referenced: register every time
-        return redis.register_script(source(name))
-    if name not in scripts:
-        scripts[name] = redis.register_script(source(name))
-    return scripts[name]
+        return redis.register_script(source(name, lua_dir))
+    if (lua_dir, name) not in scripts:
+        scripts[(lua_dir, name)] = redis.register_script(source(name, lua_dir))
+    return scripts[(lua_dir, name)]

@@ -8,6 +8,7 @@ from typing import Any
 
 from . import keys
 from .bulk import drain_many
+from .coalescing import flush_due
 from .connection import task_connection
 from .dispatch import clear_markers, enqueue_many, for_each_job
 from .drain import DrainResult, drain_job
@@ -78,7 +79,7 @@ def _request_flushes(
     # pipelined drain already knows its jobs' levels; the others are read.
     levels = {**known, **dict(zip(others, read_levels(redis, others), strict=True))}
     now = time.time()
-    due = [j for j, level in levels.items() if level.flush_due(now, settings.flush_min_interval_s)]
+    due = [j for j, level in levels.items() if flush_due(level, now, settings.flush_min_interval_s)]
     ordered = sorted(due, key=lambda job_id: not levels[job_id].eval_changed)  # evals first
     flush = process_flush_route()
     if flush is not None:  # else the pump asks for them on its next pass

@@ -5,16 +5,19 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from redis.exceptions import LockError
 from redis.lock import Lock
 
-from producer.wire import as_text
 from scorer_worker import keys
+from scorer_worker.coalescing import flush_due
 from scorer_worker.errors import PermanentSinkError, TransientSinkError
 from scorer_worker.facts import load_for_row
-from scorer_worker.levels import levels_from_meta
+from scorer_worker.keys import JobMeta, MetaField
+from scorer_worker.levels import Levels
+from scorer_worker.scripts import registered
 from scorer_worker.settings import Settings
 from scorer_worker.state import JobState
 
@@ -23,24 +26,7 @@ from .writers import retrying_write, writer_from_settings
 
 log = logging.getLogger(__name__)
 
-# Raise the meta field ARGV[2] (a version) to ARGV[1], never lower it (flushes may race).
-# KEYS[1]: meta.
-_RAISE_WRITTEN = """
-if (tonumber(redis.call('HGET', KEYS[1], ARGV[2])) or 0) < tonumber(ARGV[1]) then
-  redis.call('HSET', KEYS[1], ARGV[2], ARGV[1])
-end
-"""
-# After a write, in one step: raise written_version, clear the error, note the time, forget
-# the changes written. KEYS: meta, changes. ARGV: version, 'written_version', now.
-_WRITTEN_SCRIPT = (
-    _RAISE_WRITTEN
-    + """
-redis.call('HDEL', KEYS[1], 'sink_error', 'sink_error_kind')
-redis.call('HSET', KEYS[1], 'last_flush_at', ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
-return 1
-"""
-)
+LUA_DIR = Path(__file__).with_name("lua")
 
 
 @dataclass
@@ -109,8 +95,8 @@ def _flush_locked(
         pipe.hgetall(keys.meta(job_id))
         pipe.exists(keys.state(job_id))
         meta, state_exists = pipe.execute()
-    meta = {as_text(k): as_text(v) for k, v in meta.items()}
-    levels = levels_from_meta(meta)
+    meta = JobMeta.from_hash(meta)
+    levels = Levels.of(meta)
     written = levels.written
     if not state_exists:
         return FlushResult(job_id, "up-to-date")
@@ -118,7 +104,7 @@ def _flush_locked(
         return FlushResult(job_id, "up-to-date", levels.version)
     if levels.version <= levels.refused:
         return FlushResult(job_id, "refused", levels.version)  # a permanent error, recorded
-    if not levels.flush_due(time.time(), settings.flush_min_interval_s):
+    if not flush_due(levels, time.time(), settings.flush_min_interval_s):
         # Coalescing: the pump enqueues the write again as soon as it is due.
         return FlushResult(job_id, "deferred", levels.version)
     state = load_for_row(redis, job_id, written)
@@ -126,8 +112,7 @@ def _flush_locked(
         return FlushResult(job_id, "up-to-date", state.version)
     if state.summary is None:
         return _await_summary(redis, job_id, state.version)
-    token = meta.get("token")
-    if not token:
+    if not meta.token:
         _record(redis, job_id, state.version, "permanent", "job is not registered (no token)")
         return FlushResult(job_id, "error", state.version)
     own_writer = writer is None
@@ -137,8 +122,7 @@ def _flush_locked(
         _record_transient(redis, job_id, exc)
         return FlushResult(job_id, "error", state.version)
     try:
-        secrets = tuple(v for v in (token, meta.get("pod_password")) if v)
-        return _write(redis, job_id, secrets, state, written, settings, writer, sleep)
+        return _write(redis, job_id, meta.secrets, state, written, settings, writer, sleep)
     finally:
         if own_writer:
             writer.close()
@@ -167,27 +151,27 @@ def _write(
     except TransientSinkError as exc:
         _record_transient(redis, job_id, exc)
         return FlushResult(job_id, "error", state.version)
-    written_keys = [keys.meta(job_id), keys.changes(job_id)]  # last_flush_at: levels.flush_due
-    args = [state.version, "written_version", time.time()]
-    redis.register_script(_WRITTEN_SCRIPT)(keys=written_keys, args=args)
+    # last_flush_at: what the coalescing rule (flush_due) measures from.
+    fields = [MetaField.WRITTEN_VERSION, MetaField.LAST_FLUSH_AT, *_ERROR_FIELDS]
+    written_keys = [keys.meta(job_id), keys.changes(job_id)]
+    args = [state.version, *fields, repr(time.time())]
+    registered(redis, "written", LUA_DIR)(keys=written_keys, args=args)
     return FlushResult(job_id, str(outcome.value), state.version, len(metrics))
 
 
 def _record_transient(redis: Any, job_id: str, exc: Exception) -> None:
     # Left for the next pump pass: written_version stays behind, so the flush is enqueued again.
     log.warning("flush of %s failed after retries: %s", job_id, exc)
-    mapping = {"sink_error": str(exc), "sink_error_kind": "transient"}
-    redis.hset(keys.meta(job_id), mapping=mapping)
+    _record_error(redis, job_id, str(exc), "transient")
 
 
 def _record(redis: Any, job_id: str, version: int, kind: str, message: str) -> None:
     log.error("row of job %s not written (%s): %s", job_id, kind, message)
-    redis.hset(keys.meta(job_id), mapping={"sink_error": message, "sink_error_kind": kind})
+    _record_error(redis, job_id, message, kind)
     # Not counted as written: the row still lags, and status says so; the version is only
     # marked refused, so the pump does not retry it (the next version, or re-registering, is).
-    redis.register_script(_RAISE_WRITTEN)(
-        keys=[keys.meta(job_id)], args=[version, "refused_version"]
-    )
+    args = [version, MetaField.REFUSED_VERSION]
+    registered(redis, "raise_level", LUA_DIR)(keys=[keys.meta(job_id)], args=args)
 
 
 def _await_summary(redis: Any, job_id: str, version: int) -> FlushResult:
@@ -195,5 +179,12 @@ def _await_summary(redis: Any, job_id: str, version: int) -> FlushResult:
     # for the scorer's next commit of the job, which rebuilds the summary.
     message = "state has no summary yet (written by an older scorer); waiting for a rebuild"
     log.warning("row of job %s not written: %s", job_id, message)
-    redis.hset(keys.meta(job_id), mapping={"sink_error": message, "sink_error_kind": "transient"})
+    _record_error(redis, job_id, message, "transient")
     return FlushResult(job_id, "deferred", version)
+
+
+_ERROR_FIELDS = (MetaField.SINK_ERROR, MetaField.SINK_ERROR_KIND)
+
+
+def _record_error(redis: Any, job_id: str, message: str, kind: str) -> None:
+    redis.hset(keys.meta(job_id), mapping=dict(zip(_ERROR_FIELDS, (message, kind), strict=True)))

@@ -21,10 +21,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
+import sqlparse
+import sqlparse.lexer
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
+from sqlparse import tokens as T
 
 from producer.redaction import mask_url, redact
 from scorer_worker.errors import PipelineError
@@ -41,7 +45,6 @@ _CONCURRENT_INDEX = re.compile(
     r"([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?)\s+ON\b",
     re.IGNORECASE,
 )
-_DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*)?\$")
 POSTGRES_URL_PREFIXES = ("postgresql://", "postgres://")
 
 
@@ -73,13 +76,17 @@ def load_migrations(directory: str | Path = MIGRATIONS_DIR) -> list[Migration]:
 
     Raises:
         MigrationError: a file uses CONCURRENTLY without the no-transaction marker (it
-            would fail half-way inside a transaction).
+            would fail half-way inside a transaction), or spells something the splitter
+            could cut in the wrong place (see :func:`split_statements`).
     """
     migrations = []
     for path in sorted(Path(directory).glob("*.sql")):
         text = path.read_text(encoding="utf-8")
         transactional = NO_TRANSACTION_MARKER.search(text) is None
-        statements = tuple(split_statements(text))
+        try:
+            statements = tuple(split_statements(text))
+        except ValueError as exc:
+            raise MigrationError(f"{path.name}: {exc}") from None
         if transactional and any(re.search(r"\bCONCURRENTLY\b", s, re.I) for s in statements):
             raise MigrationError(
                 f"{path.name} uses CONCURRENTLY, which cannot run in a transaction: move it "
@@ -187,70 +194,45 @@ def run_migrations(
 
 
 def split_statements(text: str) -> list[str]:
-    """Split SQL text at top-level semicolons, dropping comments.
+    """Split SQL text into its statements, without their comments or final semicolons.
 
-    Quoted strings, quoted identifiers and dollar-quoted bodies are kept whole, so a
-    semicolon or ``--`` inside them does not split.
+    sqlparse does the splitting: quoted strings, quoted identifiers and dollar-quoted bodies
+    (``DO $$ ... $$``, function bodies) are kept whole, so a semicolon or ``--`` inside them
+    does not split.
+
+    Raises:
+        ValueError: the text spells something sqlparse reads otherwise than PostgreSQL does
+            (see :func:`_refuse_misread`), so its statements could be cut in the wrong place.
     """
-    statements: list[str] = []
-    current: list[str] = []
-    i = 0
-    while i < len(text):
-        end = _skip_comment(text, i)
-        if end != i:
-            current.append(" ")
-            i = end
-            continue
-        end = _quoted_end(text, i)
-        if end != i:
-            current.append(text[i:end])
-            i = end
-            continue
-        if text[i] == ";":
-            statements.append("".join(current).strip())
-            current = []
-        else:
-            current.append(text[i])
-        i += 1
-    statements.append("".join(current).strip())
-    return [s for s in statements if s]
+    statements = []
+    for statement in sqlparse.split(text):
+        kept = []
+        # The lexer, not sqlparse.format(strip_comments=True): format groups the tokens and
+        # refuses a statement of more than 10,000 (a seed INSERT of a few thousand rows).
+        for ttype, value in sqlparse.lexer.tokenize(statement):
+            _refuse_misread(ttype, value)
+            kept.append(" " if ttype in T.Comment else value)
+        # The semicolon goes after the comments: sqlparse gives a comment on the semicolon's
+        # line to its statement, so the semicolon is not last before (strip_semicolon misses it).
+        bare = "".join(kept).strip().removesuffix(";").rstrip()
+        if bare:
+            statements.append(bare)
+    return statements
 
 
-def _skip_comment(text: str, i: int) -> int:
-    if text.startswith("--", i):
-        newline = text.find("\n", i)
-        return len(text) if newline < 0 else newline
-    if text.startswith("/*", i):  # PostgreSQL block comments nest
-        depth, j = 1, i + 2
-        while j < len(text) and depth:
-            if text.startswith("/*", j):
-                depth, j = depth + 1, j + 2
-            elif text.startswith("*/", j):
-                depth, j = depth - 1, j + 2
-            else:
-                j += 1
-        return j
-    return i
+def _refuse_misread(ttype: Any, value: str) -> None:
+    """Refuse a token sqlparse reads otherwise than PostgreSQL, rather than run a wrong split.
 
-
-def _quoted_end(text: str, i: int) -> int:
-    char = text[i]
-    if char in "'\"":
-        j = i + 1
-        while j < len(text):
-            if text[j] == char:
-                if text.startswith(char * 2, j):  # a doubled quote is an escaped one
-                    j += 2
-                    continue
-                return j + 1
-            j += 1
-        return len(text)
-    if char == "$":
-        tag = _DOLLAR_TAG.match(text, i)
-        if tag:
-            close = text.find(tag.group(0), tag.end())
-            return len(text) if close < 0 else close + len(tag.group(0))
-    return i
+    sqlparse serves several dialects: it takes ``# `` for a MySQL comment (PostgreSQL's XOR
+    operator), ``\\'`` for an escaped quote in any string (PostgreSQL: only in ``E''``), and
+    ends ``/* ... */`` at the first ``*/`` (PostgreSQL nests block comments).
+    """
+    if ttype in T.Comment.Single and value.startswith("#"):
+        raise ValueError(f"{value.strip()[:40]!r}: write the # operator without a space after it")
+    if ttype in T.Comment.Multiline and "/*" in value[2:]:
+        raise ValueError(f"{value[:40]!r}: nested block comments are not supported")
+    if ttype in T.String and ("\\'" in value or '\\"' in value):
+        raise ValueError(f"{value[:40]!r}: a backslash before a quote; write '' for a quote")
 
 
 def _recorded(conn: psycopg.Connection) -> dict[str, str]:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from scorer_worker import keys
 from scorer_worker.bulk import drain_many
+from scorer_worker.coalescing import flush_due
 from scorer_worker.drain import drain_job
 from scorer_worker.settings import Settings
 from scorer_worker.state import JobState
@@ -102,15 +103,16 @@ def test_a_job_committed_by_someone_else_meanwhile_is_redone_by_drain_job(monkey
     settings = Settings(redis_url="redis://unused")
     drain_task(fake, [JOB], settings)
     publish(fake, [to_wire(train(100, 0.1, ts=100))])
-    import scorer_worker.bulk as bulk
+    import scorer_worker.commit as commits
 
-    original = bulk._commit
+    original = commits.commit_all
 
-    def racing_commit(redis, jobs):
+    def racing_commit(redis, prepared):
+        monkeypatch.setattr(commits, "commit_all", original)
         drain_job(redis, JOB, settings)  # another worker commits first
-        return original(redis, jobs)
+        return original(redis, prepared)
 
-    monkeypatch.setattr(bulk, "_commit", racing_commit)
+    monkeypatch.setattr(commits, "commit_all", racing_commit)
     version_before = load_state(fake, JOB).version
     # The compare-and-set refused the stale commit: drain_job redoes the job.
     assert drain_many(fake, [JOB], settings, time.monotonic() + 5).left == [JOB]
@@ -173,4 +175,4 @@ def test_the_flush_levels_are_those_after_the_commit():
     result = drain_many(fake, [JOB], settings, time.monotonic() + 5)
     state, levels = load_state(fake, JOB), result.levels[JOB]
     assert (levels.version, levels.eval_version) == (state.version, state.eval_version)
-    assert levels.eval_changed and levels.flush_due(time.time(), 1.0)  # never written
+    assert levels.eval_changed and flush_due(levels, time.time(), 1.0)  # never written

@@ -193,13 +193,11 @@ def pod_client(redis_client, redis_server, job: str):
 
 
 def pump_pass(redis_client, **overrides):
-    from dataclasses import replace
-
     from scorer_worker.pump import Pump
     from scorer_worker.settings import Settings
     from sink.tasks import FLUSH
 
-    settings = replace(Settings.from_env(), limits_interval_s=0.0, **overrides)
+    settings = Settings.from_env().model_copy(update={"limits_interval_s": 0.0, **overrides})
     pump = Pump(redis_client, settings, flush=FLUSH)
     pump.run_once()
     return pump
@@ -263,8 +261,8 @@ def test_oversized_and_many_field_entries_are_dead_letters_read_in_bounded_steps
     for _ in range(5):
         pod.xadd(keys.events("heavy"), {"event": "y" * 1_000_000})
     pod.xadd(keys.events("heavy"), {"event": evaluation("heavy", 20, 0.9)})
-    with StateTransaction(redis_client, "heavy") as txn:  # 9 MB waiting, read with a 1 MB budget
-        read = txn.read_events(100, max_bytes=1_000_000)
+    txn = StateTransaction(redis_client, "heavy")  # 9 MB waiting, read with a 1 MB budget
+    read = txn.read_events(100, max_bytes=1_000_000)
     assert [isinstance(fields, OversizeEntry) for _, fields in read] == [True] * 6 + [False]
     assert all(len(f.head) <= 4096 for _, f in read if isinstance(f, OversizeEntry))
     assert burst_ends()

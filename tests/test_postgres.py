@@ -448,9 +448,10 @@ def test_transactional_migration_files_may_not_use_concurrently(tmp_path: Path) 
 
 
 def test_split_statements_respects_quotes_comments_and_dollar_bodies() -> None:
+    # Nested block comments are refused with a clear error (tests/test_migrate.py).
     text = """
     -- a comment; with a semicolon
-    SELECT 'a;b', "odd;name" FROM t; /* block; /* nested; */ still */
+    SELECT 'a;b', "odd;name" FROM t; /* block; comment */
     CREATE FUNCTION f() RETURNS int AS $body$ SELECT 1; $body$ LANGUAGE sql;
     SELECT 'it''s; fine';
     """

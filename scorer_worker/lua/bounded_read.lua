@@ -1,3 +1,5 @@
+-- KEYS[1]: the stream. ARGV: start id, count, entry cap, head bytes. Each entry within the
+-- cap is returned as {id, fields}; a larger one as {id, size, head of its first value}.
 local out = {}
 for _, entry in ipairs(redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])) do
   local size = 0

@@ -1,3 +1,12 @@
+-- The pipelined drain's first read (scorer_worker/bulk.py), many jobs a call.
+-- KEYS, 3 per job: meta, state, events. ARGV: the batch's event count, the state's head
+-- field, the poison fields' prefix, n, the n meta fields to read (the cursor, then
+-- keys.LEVEL_FIELDS), then the meta fields that send a job to the per-job drain (a cut-off,
+-- a stall). Returns, per job: {head ('' when its stream is empty), the n meta values ('' if
+-- absent), special (0/1: a poison event or a special field: the per-job drain), stream
+-- bytes, last entry id ('' for none)}. The events are then read with plain XRANGE up to that
+-- last id, which is cheaper than passing them through Lua, and only for streams within the
+-- read budget: nothing a pod appends meanwhile is read.
 local function stream_bytes(key, count)
   local bytes = redis.pcall('MEMORY', 'USAGE', key, 'SAMPLES', '0')
   if type(bytes) == 'number' then return bytes end
@@ -7,23 +16,33 @@ local function stream_bytes(key, count)
   end
   return total
 end
-local special_fields = {cut_off = true, stalled_since = true}
+local count, head_field, poison = ARGV[1], ARGV[2], ARGV[3]
+local n = tonumber(ARGV[4])
+local fields = {unpack(ARGV, 5, n + 4)}
+local special_fields = {}
+for i = n + 5, #ARGV do special_fields[ARGV[i]] = true end
 local out = {}
-for i = 2, #ARGV do
-  local prefix = 'ckpt:{' .. ARGV[i] .. '}:'
-  local m = redis.call('HMGET', prefix .. 'meta', 'cursor', 'version', 'written_version',
-                       'status', 'eval_version', 'last_flush_at', 'refused_version')
+for job = 1, #KEYS / 3 do
+  local meta, state, events = KEYS[3 * job - 2], KEYS[3 * job - 1], KEYS[3 * job]
+  local m = redis.call('HMGET', meta, unpack(fields))
   local special = 0
-  for _, name in ipairs(redis.call('HKEYS', prefix .. 'meta')) do
-    if string.sub(name, 1, 7) == 'poison:' or special_fields[name] then special = 1 break end
+  for _, name in ipairs(redis.call('HKEYS', meta)) do
+    if string.sub(name, 1, #poison) == poison or special_fields[name] then
+      special = 1
+      break
+    end
   end
   local head, bytes, last = '', 0, ''
-  if redis.call('XLEN', prefix .. 'events') > 0 then
-    head = redis.call('HGET', prefix .. 'state', 'head') or ''
-    bytes = stream_bytes(prefix .. 'events', ARGV[1])
-    last = redis.call('XREVRANGE', prefix .. 'events', '+', '-', 'COUNT', 1)[1][1]
+  if redis.call('XLEN', events) > 0 then
+    head = redis.call('HGET', state, head_field) or ''
+    bytes = stream_bytes(events, count)
+    last = redis.call('XREVRANGE', events, '+', '-', 'COUNT', 1)[1][1]
   end
-  out[#out + 1] = {head, m[1] or '', m[2] or '', m[3] or '', m[4] or '', m[5] or '',
-                   m[6] or '', m[7] or '', special, bytes, last}
+  local row = {head}
+  for i = 1, n do row[#row + 1] = m[i] or '' end
+  row[#row + 1] = special
+  row[#row + 1] = bytes
+  row[#row + 1] = last
+  out[#out + 1] = row
 end
 return out

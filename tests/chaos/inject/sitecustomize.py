@@ -48,35 +48,25 @@ def _marked(folder: Path, phase: str) -> Iterator[None]:
 
 
 def _install_probes(folder: Path) -> None:
-    import scorer_worker.bulk
-    from scorer_worker.store import StateTransaction
+    import scorer_worker.commit
     from sink.writers.postgres import PostgresWriter
 
     fraction = float(os.environ.get("CKPT_CHAOS_POST_COMMIT_P", "0.3"))
     linger = float(os.environ.get("CKPT_CHAOS_POST_COMMIT_S", "0.3"))
-    commit, write = StateTransaction.commit, PostgresWriter.write
-    bulk_commit = scorer_worker.bulk._commit
+    commit_all, write = scorer_worker.commit.commit_all, PostgresWriter.write
 
-    def after_commit() -> None:
+    def probed_commit_all(*args, **kwargs):  # both drains commit through it
+        written = commit_all(*args, **kwargs)
         if _RNG.random() < fraction:
             with _marked(folder, "post-commit"):
                 time.sleep(linger)
-
-    def probed_commit(self, *args, **kwargs):
-        commit(self, *args, **kwargs)
-        after_commit()
-
-    def probed_bulk_commit(*args, **kwargs):
-        lost = bulk_commit(*args, **kwargs)
-        after_commit()
-        return lost
+        return written
 
     def probed_write(self, *args, **kwargs):
         with _marked(folder, "flush"):
             return write(self, *args, **kwargs)
 
-    StateTransaction.commit = probed_commit
-    scorer_worker.bulk._commit = probed_bulk_commit
+    scorer_worker.commit.commit_all = probed_commit_all
     PostgresWriter.write = probed_write
     _probe_task_start(folder, linger)
 
