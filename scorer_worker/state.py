@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field, replace
 from operator import attrgetter
 from typing import Any
 
+import pydantic_core
+
 from .models import CheckpointInfo, TrainBeginInfo, TrainEndInfo, WireEvent
 from .summary import Summary
 
@@ -283,14 +285,16 @@ class JobState:
         data["end"] = dict(vars(self.end)) if self.end else None
         data["summary"] = self.summary.to_dict() if self.summary else None
         data["format"] = STATE_FORMAT
-        return json.dumps(data, separators=(",", ":"))
+        # pydantic-core's encoder: a few times faster than json's on every drain's head, the
+        # same JSON (NaN and Infinity spelled as json spells them, floats round-trip exactly).
+        return pydantic_core.to_json(data).decode()
 
     @classmethod
     def from_head(cls, job_id: str, raw: str | bytes | None, profile: str = "default") -> JobState:
         """Decode a head written by :meth:`head_json`; no records are loaded yet."""
         if not raw:
             return cls(job_id, profile=profile, summary=Summary())
-        data = json.loads(raw)
+        data = pydantic_core.from_json(raw)  # reads what json wrote too (older heads)
         data.pop("format", None)
         data["begins"] = [Begin(**b) for b in data["begins"]]
         data["end"] = End(**data["end"]) if data["end"] else None
