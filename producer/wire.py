@@ -90,7 +90,7 @@ def decode_decision_entry(raw: str | bytes) -> tuple[float, float | None]:
     Raises:
         ValueError: if ``raw`` is not of that form.
     """
-    text = raw.decode() if isinstance(raw, bytes) else raw
+    text = as_text(raw)
     score, _, loss = text.partition(",")
     return float(score), (float(loss) if loss else None)
 

@@ -45,7 +45,7 @@ def dead(job_id: str) -> str:
 
 def job_of_dead_key(key: str | bytes) -> str | None:
     """Return the job id of a :func:`dead` key, or None for any other key."""
-    text = key.decode() if isinstance(key, bytes) else key
+    text = as_text(key)
     if text.startswith("ckpt:{") and text.endswith("}:dead"):
         job_id = text[len("ckpt:{") : -len("}:dead")]
         return job_id if is_valid_job_id(job_id) else None

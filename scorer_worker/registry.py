@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from producer.wire import is_valid_job_id
+from producer.wire import as_text, is_valid_job_id
 
 from . import keys
 from .keys import SECRET_FIELDS, JobMeta, MetaField
@@ -67,7 +67,7 @@ def drop_pod_user(redis: Any, job_id: str) -> bool:
     username = redis.hget(keys.meta(job_id), MetaField.POD_USER)
     if not username:
         return False
-    redis.acl_deluser(username.decode() if isinstance(username, bytes) else username)
+    redis.acl_deluser(as_text(username))
     # The password stays: old outputs may quote it, and they are redacted by it.
     redis.hdel(keys.meta(job_id), MetaField.POD_USER)
     return True

@@ -18,6 +18,8 @@ from typing import Any
 
 import pydantic_core
 
+from producer.wire import as_text
+
 from .models import CheckpointInfo, TrainBeginInfo, TrainEndInfo, WireEvent
 from .summary import Summary
 
@@ -314,7 +316,7 @@ class JobState:
         kinds = {"t:": (self.train, TrainRecord), "e:": (self.evals, EvalRecord),
                  "s:": (self.saves, SaveRecord)}  # fmt: skip
         for key, raw in fields.items():
-            name = key.decode() if isinstance(key, bytes) else key
+            name = as_text(key)
             if raw is None or name[:2] not in kinds:
                 continue
             records, kind = kinds[name[:2]]
@@ -323,7 +325,7 @@ class JobState:
     @classmethod
     def from_fields(cls, job_id: str, fields: dict[Any, Any], profile: str = "default") -> JobState:
         """Decode a whole state hash (head, records, and a packed blob if compacted)."""
-        text = {(k.decode() if isinstance(k, bytes) else k): v for k, v in fields.items()}
+        text = {as_text(k): v for k, v in fields.items()}
         state = cls.from_head(job_id, text.get(HEAD_FIELD), profile)
         if text.get(PACKED_FIELD):
             state.load_records(json.loads(zlib.decompress(text[PACKED_FIELD])))
@@ -358,7 +360,7 @@ def encode_record(record: Any) -> str:
 
 def decode_record(kind: type, raw: str | bytes) -> Any:
     """Decode what :func:`encode_record` wrote (or a JSON list, the earlier format)."""
-    text = raw.decode() if isinstance(raw, bytes) else raw
+    text = as_text(raw)
     if text.startswith("["):
         return kind(*json.loads(text))
     parts = text.split(",")

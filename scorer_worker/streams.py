@@ -20,7 +20,7 @@ DEAD_HEAD_BYTES = 4096
 
 def stream_id_key(entry_id: str | bytes) -> tuple[int, int]:
     """Return a stream entry id as ``(millis, sequence)``, which orders like the stream."""
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    text = as_text(entry_id)
     millis, _, seq = text.partition("-")
     return int(millis), int(seq or 0)
 

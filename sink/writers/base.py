@@ -104,6 +104,9 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+_JOB_KEYS, _METRIC_KEYS = frozenset(JOB_COLUMN_NAMES), frozenset(METRIC_COLUMN_NAMES)
+
+
 def check_write_args(job_id: str, row: dict[str, Any], metrics: list[dict[str, Any]]) -> None:
     """Reject a row or metric rows that break the row model; a bug, so not a SinkError.
 
@@ -111,7 +114,7 @@ def check_write_args(job_id: str, row: dict[str, Any], metrics: list[dict[str, A
         ValueError: keys differ from the column lists, the version is not an int, or a
             metric row belongs to another job.
     """
-    if set(row) != set(JOB_COLUMN_NAMES):
+    if row.keys() != _JOB_KEYS:
         raise ValueError(
             f"job row keys differ from JOB_COLUMNS: {_key_diff(row, JOB_COLUMN_NAMES)}"
         )
@@ -119,7 +122,7 @@ def check_write_args(job_id: str, row: dict[str, Any], metrics: list[dict[str, A
     if not isinstance(version, int) or isinstance(version, bool):
         raise ValueError("job row scoring_version must be an int")
     for metric in metrics:
-        if set(metric) != set(METRIC_COLUMN_NAMES):
+        if metric.keys() != _METRIC_KEYS:
             diff = _key_diff(metric, METRIC_COLUMN_NAMES)
             raise ValueError(f"metric row keys differ from METRIC_COLUMNS: {diff}")
         if metric["job_id"] != job_id:
