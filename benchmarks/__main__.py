@@ -30,6 +30,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ckpt_pipeline.testing.processes import REPO
+
 from . import (
     callback,
     decision,
@@ -41,7 +43,7 @@ from . import (
     training,
     writes,
 )
-from .common import DEFAULT_WORKER_CLASS, REPO, Context, Figure, fmt
+from .common import Context, Figure, fmt
 
 NOTES_FILE = Path(__file__).with_name("where_the_time_goes.md")
 
@@ -91,14 +93,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--worker-class",
-        default=DEFAULT_WORKER_CLASS,
-        help=f"rq worker class of the workers (default {DEFAULT_WORKER_CLASS}).",
+        default=None,
+        help="rq worker class of the workers (default: the Procfile's).",
     )
     parser.add_argument(
         "--connection-class",
-        default=default_connection_class(),
-        help="rq --connection-class of the workers (default: the Procfile's, "
-        "scorer_worker.connection.RetryingRedis, when it exists).",
+        default=None,
+        help="rq --connection-class of the workers (default: the Procfile's; '' for none).",
     )
     parser.add_argument(
         "--scoring-workers",
@@ -122,15 +123,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(e.g. after editing benchmarks/where_the_time_goes.md).",
     )
     return parser.parse_args(argv)
-
-
-def default_connection_class() -> str:
-    """The Procfile's rq ``--connection-class``, when this checkout has one."""
-    try:
-        from scorer_worker.connection import RetryingRedis  # noqa: F401
-    except ImportError:
-        return ""
-    return "scorer_worker.connection.RetryingRedis"
 
 
 def select(only: str | None) -> list[Group]:
@@ -167,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         scoring_workers=args.scoring_workers,
         sink_workers=args.sink_workers,
         profile_dir=Path(args.profile).resolve() if args.profile else None,
-        connection_class=args.connection_class or None,
+        connection_class=args.connection_class,
     )
     atexit.register(ctx.cleanup)
     signal.signal(signal.SIGTERM, _raise_interrupt)

@@ -14,7 +14,9 @@ import sys
 import time
 from typing import Any
 
-from .common import Context, Figure, percentile, wait_until
+from ckpt_pipeline.testing.convergence import wait_until
+
+from .common import Context, Figure, percentile
 
 NAMES = (
     "callback_median_us",

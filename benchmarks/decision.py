@@ -31,7 +31,8 @@ from producer.wire import (
 )
 
 from . import latency
-from .common import Context, Figure, Pipeline, finish_loadgen, percentile, start_loadgen
+from .common import Context, Figure, percentile
+from .pipeline import BenchPipeline, finish_loadgen, start_loadgen
 
 NAMES = ("decision_latency_p50_ms", "decision_latency_p99_ms")
 POLL_S = 0.0005
@@ -50,10 +51,10 @@ def run(ctx: Context) -> list[Figure]:
     size = ctx.sizes["decision"]
     jobs = [f"lat-{i:03d}" for i in range(size["jobs"])]
     probes = [f"dec-{i:03d}" for i in range(size["probes"])]
-    with Pipeline(ctx, "decision") as pipeline:
+    with BenchPipeline(ctx, "decision") as pipeline:
         pipeline.register(jobs + probes)
         pipeline.start_processes()
-        credentials = [create_pod_user(pipeline.client, job, pipeline.server.url) for job in probes]
+        credentials = [create_pod_user(pipeline.client, job, pipeline.url) for job in probes]
         stop = threading.Event()
         results: list[dict[str, Any]] = [{} for _ in probes]
         threads = [

@@ -15,18 +15,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .common import (
-    FANOUT_SCORING_WORKERS,
-    CommitWatcher,
-    Context,
-    Figure,
-    Pipeline,
-    command_delta,
-    command_stats,
-    finish_loadgen,
-    percentile,
-    start_loadgen,
-)
+from .common import FANOUT_SCORING_WORKERS, Context, Figure, percentile
+from .pipeline import BenchPipeline, finish_loadgen, start_loadgen
+from .watch import CommitWatcher, command_delta, command_stats
 
 NAMES = ("fanout_jobs", "fanout_lag_p99_s")
 FULL_JOBS = 10_000
@@ -81,10 +72,10 @@ def _measure(
     queue_depths: list[int] = []
     scoring = ctx.scoring_workers or FANOUT_SCORING_WORKERS
     redis_args = ["--notify-keyspace-events", "KA"]
-    with Pipeline(ctx, "fanout", scoring=scoring, redis_args=redis_args) as pipeline:
+    with BenchPipeline(ctx, "fanout", scoring=scoring, redis_args=redis_args) as pipeline:
         pipeline.register(jobs)
         pipeline.start_processes()
-        watcher = CommitWatcher(pipeline.server.url, sample)
+        watcher = CommitWatcher(pipeline.url, sample)
         watcher.start()
         commands_before = command_stats(pipeline.client)
         started = time.monotonic()

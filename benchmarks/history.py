@@ -10,15 +10,16 @@ ratio of the medians (SQLite); the PostgreSQL ratio is shown beside it.
 
 from __future__ import annotations
 
-import dataclasses
 import statistics
 import time
 import uuid
 from typing import Any
 
+from ckpt_pipeline.testing.events import JobEvents
 from producer.wire import EVENT_FIELD, stream_key
 
-from .common import TOKEN, Context, Figure, JobEvents, Pipeline
+from .common import TOKEN, Context, Figure
+from .pipeline import BenchPipeline
 
 NAMES = ("history_cost_ratio",)
 
@@ -35,11 +36,11 @@ def run(ctx: Context) -> list[Figure]:
 
     size = ctx.sizes["history"]
     small, large = str(uuid.uuid4()), str(uuid.uuid4())
-    with Pipeline(ctx, "history", scoring=0, sink=0, pump=False) as pipeline:
-        settings = Settings(redis_url=pipeline.server.url, sink_url=pipeline.sink_url)
-        if "flush_min_interval_s" in {f.name for f in dataclasses.fields(Settings)}:
+    with BenchPipeline(ctx, "history", scoring=0, sink=0, pump=False) as pipeline:
+        settings = Settings(redis_url=pipeline.url, sink_url=pipeline.sink_url)
+        if "flush_min_interval_s" in Settings.model_fields:
             # The cost of one write is measured here, not the write coalescing.
-            settings = dataclasses.replace(settings, flush_min_interval_s=0.0)
+            settings = settings.model_copy(update={"flush_min_interval_s": 0.0})
         pipeline.register([small, large])
         sqlite = SqliteWriter(pipeline.db_path)
         generators = {}
@@ -109,7 +110,7 @@ def _drain_all(drain_job, client, job: str, settings) -> None:
 
 
 def _measure(
-    pipeline: Pipeline, settings, generators, writer, rounds: int
+    pipeline: BenchPipeline, settings, generators, writer, rounds: int
 ) -> dict[str, dict[str, list[float]]]:
     from scorer_worker.drain import drain_job
     from sink.flush import flush_job
@@ -138,7 +139,7 @@ def _measure(
     return costs
 
 
-def _postgres(ctx: Context, pipeline: Pipeline, settings, generators, rounds: int, drain_job):
+def _postgres(ctx: Context, pipeline: BenchPipeline, settings, generators, rounds: int, drain_job):
     """The same with the PostgreSQL writer, when PostgreSQL's server binaries are installed."""
     try:
         from ckpt_pipeline.testing.local_postgres import LocalPostgres

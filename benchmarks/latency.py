@@ -15,19 +15,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .common import (
-    CommitWatcher,
-    Context,
-    Figure,
-    Pipeline,
-    command_delta,
-    command_stats,
-    entry_seconds,
-    finish_loadgen,
-    percentile,
-    sqlite_reader,
-    start_loadgen,
-)
+from ckpt_pipeline.testing.convergence import entry_seconds
+
+from .common import Context, Figure, percentile
+from .pipeline import BenchPipeline, finish_loadgen, sqlite_reader, start_loadgen
+from .watch import CommitWatcher, command_delta, command_stats
 
 NAMES = ("latency_p50_ms", "latency_p99_ms")
 POLL_S = 0.005
@@ -41,10 +33,10 @@ def run(ctx: Context) -> list[Figure]:
     size = ctx.sizes["latency"]
     jobs = [f"lat-{i:03d}" for i in range(size["jobs"])]
     seen: dict[str, list[tuple[float, int]]] = {job: [] for job in jobs}
-    with Pipeline(ctx, "latency", redis_args=["--notify-keyspace-events", "KA"]) as pipeline:
+    with BenchPipeline(ctx, "latency", redis_args=["--notify-keyspace-events", "KA"]) as pipeline:
         pipeline.register(jobs)
         pipeline.start_processes()
-        watcher = CommitWatcher(pipeline.server.url, jobs)
+        watcher = CommitWatcher(pipeline.url, jobs)
         watcher.start()
         commands_before = command_stats(pipeline.client)
         started = time.monotonic()

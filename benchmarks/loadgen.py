@@ -2,7 +2,7 @@
 
 Publishes ``rate_per_job`` events per second for each job for ``duration_s`` seconds, spread
 evenly (round robin over the jobs, one pipelined round every ``tick_s``), as many training
-processes would. Events come from :class:`benchmarks.common.JobEvents`. For the jobs in
+processes would. Events come from :class:`ckpt_pipeline.testing.events.JobEvents`. For the jobs in
 ``record_jobs`` it records each event's stream entry id (the server's clock at the XADD), all
 events or evals only, and writes them with its counters to ``output``.
 
@@ -20,9 +20,8 @@ from pathlib import Path
 
 import redis
 
+from ckpt_pipeline.testing.events import JobEvents
 from producer.wire import EVENT_FIELD, stream_key
-
-from .common import JobEvents
 
 
 def main(config_path: str) -> None:

@@ -18,9 +18,13 @@ import time
 from collections import defaultdict
 from typing import Any
 
+from ckpt_pipeline.testing.convergence import last_entry_ids
+from ckpt_pipeline.testing.events import JobEvents, typical_job, xadd_all
+from ckpt_pipeline.testing.processes import process_tree_rss
 from scorer_worker import keys
 
-from .common import Context, Figure, JobEvents, Pipeline, process_tree_rss, typical_job, xadd_all
+from .common import Context, Figure
+from .pipeline import BenchPipeline
 
 REDIS_NAMES = ("redis_bytes_per_job",)
 RSS_NAMES = ("worker_rss_growth_pct",)
@@ -39,13 +43,13 @@ def run_redis_memory(ctx: Context) -> list[Figure]:
     size = ctx.sizes["redis_memory"]
     jobs = [f"mem-{i:04d}" for i in range(size["jobs"])]
     streams = [(job, typical_job(job, size["train_logs"], size["evals"])) for job in jobs]
-    with Pipeline(ctx, "redis-memory") as pipeline:
+    with BenchPipeline(ctx, "redis-memory") as pipeline:
         pipeline.start_processes()
         time.sleep(0.5)
         before = int(pipeline.client.info("memory")["used_memory"])
         pipeline.register(jobs)
         ids = xadd_all(pipeline.client, streams)
-        last = {job: job_ids[-1].decode() for job, job_ids in zip(jobs, ids, strict=True)}
+        last = last_entry_ids(jobs, ids)
         deadline = time.monotonic() + (60 if ctx.quick else 240)
         while not (pipeline.caught_up(last) and not pipeline.client.scard(keys.JOBS)):
             if time.monotonic() > deadline:
@@ -95,16 +99,16 @@ def run_worker_rss(ctx: Context) -> list[Figure]:
     per_chunk = per_job // size["chunks"]
     generators = {job: JobEvents(job, saves=True, max_steps=per_job) for job in jobs}
     samples = []
-    with Pipeline(ctx, "worker-rss", scoring=1, sink=0) as pipeline:
+    with BenchPipeline(ctx, "worker-rss", scoring=1, sink=0) as pipeline:
         pipeline.register(jobs)
         pipeline.start_processes()
-        worker = pipeline.processes["scoring-0"]
+        worker = pipeline.procs["scoring"][0]
         start = time.monotonic()
         for chunk in range(size["chunks"]):
             final = chunk == size["chunks"] - 1
             streams = [(job, gen.take(per_chunk, end=final)) for job, gen in generators.items()]
             ids = xadd_all(pipeline.client, streams)
-            last = {job: job_ids[-1].decode() for job, job_ids in zip(jobs, ids, strict=True)}
+            last = last_entry_ids(jobs, ids)
             deadline = time.monotonic() + (60 if ctx.quick else 300)
             while not pipeline.caught_up(last, written=False):
                 if time.monotonic() > deadline:
@@ -120,7 +124,7 @@ def run_worker_rss(ctx: Context) -> list[Figure]:
         "rss_mib_after_each_chunk": [round(s / 2**20, 1) for s in samples],
         "events": per_chunk * size["chunks"] * len(jobs),
         "drain_rate_per_s": round(per_chunk * size["chunks"] * len(jobs) / elapsed),
-        "worker": f"1 rq worker scoring ({ctx.worker_class}), no sink worker",
+        "worker": f"1 rq worker scoring ({ctx.effective_worker_class}), no sink worker",
     }
     note = (
         f"{per_chunk * size['chunks'] * len(jobs):,} events over {len(jobs):,} jobs: "

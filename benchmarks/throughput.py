@@ -14,10 +14,13 @@ import bisect
 import time
 from typing import Any
 
+from ckpt_pipeline.testing.convergence import last_entry_ids
+from ckpt_pipeline.testing.events import JobEvents, xadd_all
 from producer.wire import EVENT_FIELD
-from scorer_worker.store import stream_id_key
+from scorer_worker.streams import stream_id_key
 
-from .common import Context, Figure, JobEvents, Pipeline, sqlite_reader, xadd_all
+from .common import Context, Figure
+from .pipeline import BenchPipeline, sqlite_reader
 
 NAMES = ("events_per_s", "raw_xadd_per_s", "throughput_ratio")
 
@@ -31,14 +34,14 @@ def run(ctx: Context) -> list[Figure]:
     jobs = [f"tp-{i:04d}" for i in range(size["jobs"])]
     streams = [(job, JobEvents(job).take(size["events_per_job"], end=True)) for job in jobs]
     total = sum(len(events) for _, events in streams)
-    with Pipeline(ctx, "throughput", scoring=1, sink=1) as pipeline:
+    with BenchPipeline(ctx, "throughput", scoring=1, sink=1) as pipeline:
         pipeline.register(jobs)
         raw_before = raw_xadd_rate(pipeline.client, streams)
         pipeline.start_processes()
         start = time.monotonic()
         ids = xadd_all(pipeline.client, streams)
         xadd_s = time.monotonic() - start
-        last = {job: job_ids[-1].decode() for job, job_ids in zip(jobs, ids, strict=True)}
+        last = last_entry_ids(jobs, ids)
         finished = True
         deadline = start + size["timeout_s"]
         while not pipeline.caught_up(last):
@@ -96,9 +99,10 @@ def raw_xadd_rate(client: Any, streams: list[tuple[str, list[str]]], chunk: int 
     return queued / seconds
 
 
-def _committed(pipeline: Pipeline, jobs: list[str], ids: list[list[bytes]]) -> int:
+def _committed(pipeline: BenchPipeline, jobs: list[str], ids: list[list[bytes]]) -> int:
     count = 0
-    for job_ids, (cursor, *_rest) in zip(ids, pipeline.levels(jobs), strict=True):
-        if cursor:
-            count += bisect.bisect_right([stream_id_key(i) for i in job_ids], stream_id_key(cursor))
+    for job_ids, level in zip(ids, pipeline.job_levels(jobs), strict=True):
+        if level.cursor:
+            positions = [stream_id_key(i) for i in job_ids]
+            count += bisect.bisect_right(positions, stream_id_key(level.cursor))
     return count

@@ -31,7 +31,8 @@ import statistics
 import time
 from typing import Any
 
-from .common import Context, Figure, Pipeline, percentile
+from .common import Context, Figure, percentile
+from .pipeline import BenchPipeline
 
 NAMES = ("train_overhead_pct", "train_overhead_loop_pct")
 BLOCK_STEPS = 10
@@ -92,7 +93,7 @@ def run(ctx: Context) -> list[Figure]:
 
 def _loop_figure(ctx: Context, spec: dict, warmup: dict, folder, runs: int) -> Figure:
     """``train_overhead_loop_pct``: the callback following the scorer, the pipeline running."""
-    with Pipeline(ctx, "training-loop") as pipeline:
+    with BenchPipeline(ctx, "training-loop") as pipeline:
         jobs = [f"bench-loop-{index}" for index in range(runs + 1)]
         spec = {**spec, "eval_steps": LOOP_BLOCK_STEPS, "save_steps": LOOP_BLOCK_STEPS}
         spec["num_train_epochs"] = LOOP_EPOCHS
@@ -100,8 +101,8 @@ def _loop_figure(ctx: Context, spec: dict, warmup: dict, folder, runs: int) -> F
         pipeline.start_processes()
         # One short run first: the workers' imports and a job's first drain are paid once per
         # process, not per evaluation.
-        _train(warmup, folder / "warmup-loop", pipeline.server.url, [], [], jobs[-1], True)
-        loop = _measure(ctx, spec, folder, pipeline.server.url, runs, "loop", jobs)
+        _train(warmup, folder / "warmup-loop", pipeline.url, [], [], jobs[-1], True)
+        loop = _measure(ctx, spec, folder, pipeline.url, runs, "loop", jobs)
         pipeline.check_alive()
     ctx.details["training_loop"] = {**loop["details"], "torch_threads": 1}
     if loop["evals_scored"] == 0:

@@ -14,7 +14,8 @@ import sqlite3
 import time
 from typing import Any
 
-from .common import Context, Figure, Pipeline, finish_loadgen, start_loadgen
+from .common import Context, Figure
+from .pipeline import BenchPipeline, finish_loadgen, start_loadgen
 
 NAMES = ("row_writes_per_job",)
 JOB = "writes-job"
@@ -37,7 +38,7 @@ def sizes(quick: bool) -> dict[str, Any]:
 
 def run(ctx: Context) -> list[Figure]:
     size = ctx.sizes["writes"]
-    with Pipeline(ctx, "writes") as pipeline:
+    with BenchPipeline(ctx, "writes") as pipeline:
         pipeline.register([JOB])
         with contextlib.closing(sqlite3.connect(pipeline.db_path)) as conn:
             conn.executescript(TRIGGERS)

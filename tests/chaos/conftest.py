@@ -12,9 +12,10 @@ import redis
 
 from ckpt_pipeline.testing.local_postgres import LocalPostgres
 from ckpt_pipeline.testing.local_redis import LocalRedis, free_port
+from ckpt_pipeline.testing.pipeline import Pipeline
 from sink.migrate import run_migrations
 
-from .harness import Pipeline, pipeline_env
+from .harness import probe_options
 
 
 @pytest.fixture(scope="session")
@@ -70,7 +71,8 @@ def client(chaos_redis: LocalRedis) -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def make_pipeline(tmp_path: Path) -> Iterator[Callable[..., Pipeline]]:
-    """Start the real processes; every one still running is stopped at the end."""
+    """Start the real processes (the Procfile's commands) on a given Redis and sink; every
+    one still running is stopped at the end."""
     started: list[Pipeline] = []
 
     def make(
@@ -85,11 +87,18 @@ def make_pipeline(tmp_path: Path) -> Iterator[Callable[..., Pipeline]]:
         probe_dir = tmp_path / "probes" if probes else None
         if probe_dir is not None:
             probe_dir.mkdir(exist_ok=True)
-        env = pipeline_env(redis_url, sink_url, probe_dir, **tunables)
-        pipeline = Pipeline(env, tmp_path / "logs", scoring=scoring, sink=sink)
+        pipeline = Pipeline(
+            tmp_path,
+            redis_url=redis_url,
+            sink_url=sink_url,
+            scoring=scoring,
+            sink=sink,
+            log_dir=tmp_path / "logs",
+            **probe_options(probe_dir, tunables),
+        )
         started.append(pipeline)
         return pipeline.start()
 
     yield make
     for pipeline in started:
-        pipeline.stop()
+        pipeline.close()

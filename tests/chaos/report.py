@@ -15,7 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .harness import REPO, TARGETED_PHASES
+from ckpt_pipeline.testing.processes import REPO
+
+from .faults import TARGETED_PHASES
 
 Figures = dict[str, Any]
 

@@ -16,20 +16,16 @@ import pytest
 import redis
 from rq.registry import FailedJobRegistry
 
+from ckpt_pipeline.testing.convergence import wait_converged
+from ckpt_pipeline.testing.events import synthetic_events
+from ckpt_pipeline.testing.jobs import make_jobs
 from producer.events import encode_event
 from scorer_worker import keys
 from scorer_worker.deadletter import list_dead_letters
 from scorer_worker.store import load_state
 
-from .harness import (
-    compare_runs,
-    make_jobs,
-    record,
-    reference_run,
-    setup_jobs,
-    synthetic_events,
-    wait_converged,
-)
+from .harness import record, reference_run, setup_jobs
+from .rows import compare_runs
 
 pytestmark = pytest.mark.chaos
 
@@ -182,7 +178,7 @@ def test_bad_input_is_contained_and_valid_events_count_as_in_a_clean_run(
                 invalid_by_entry[entry_id.decode()] = label
 
     converge_s = wait_converged(client, ids, timeout_s=60)
-    exited = pipeline.check_alive()
+    exited = pipeline.exited()
     failed = sum(len(FailedJobRegistry(q, connection=client)) for q in ("scoring", "sink"))
     letters = [letter for _, letter in list_dead_letters(client, count=10**6)]
     by_entry = {letter.entry_id: letter for letter in letters}

@@ -25,24 +25,14 @@ import pytest
 import redis
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
+from ckpt_pipeline.testing.convergence import levels, wait_converged
+from ckpt_pipeline.testing.events import synthetic_run, xadd_many
+from ckpt_pipeline.testing.jobs import make_jobs
 from scorer_worker import keys
 
-from .harness import (
-    Chaos,
-    compare_runs,
-    count_writes,
-    dead_letter_count,
-    levels,
-    make_jobs,
-    pg_execute,
-    record,
-    reference_run,
-    setup_jobs,
-    slow_writes,
-    synthetic_run,
-    wait_converged,
-    xadd_many,
-)
+from .faults import Chaos
+from .harness import dead_letter_count, record, reference_run, setup_jobs
+from .rows import compare_runs, count_writes, pg_execute, slow_writes
 
 pytestmark = pytest.mark.chaos
 
@@ -122,7 +112,7 @@ def test_crash_anywhere_rows_equal_a_fault_free_run(
     converge_s = wait_converged(client, ids, timeout_s=60)
     since_last_fault = time.monotonic() - chaos.last_fault
     run_s = time.monotonic() - run_start
-    exited = pipeline.check_alive()
+    exited = pipeline.exited()
     comparison = compare_runs(db, reference_db, ids)
     dead = dead_letter_count(client)
     failed = sum(len(FailedJobRegistry(q, connection=client)) for q in ("scoring", "sink"))

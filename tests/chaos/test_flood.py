@@ -17,22 +17,16 @@ import time
 import pytest
 import redis
 
+from ckpt_pipeline.testing.convergence import wait_converged
+from ckpt_pipeline.testing.events import synthetic_run, xadd_many
+from ckpt_pipeline.testing.jobs import make_jobs
 from producer.wire import decision_field
 from remote.credentials import create_pod_user
 from scorer_worker import keys
 from scorer_worker.registry import record_pod_user
 
-from .harness import (
-    compare_runs,
-    make_jobs,
-    read_rows,
-    record,
-    reference_run,
-    setup_jobs,
-    synthetic_run,
-    wait_converged,
-    xadd_many,
-)
+from .harness import record, reference_run, setup_jobs
+from .rows import compare_runs, read_rows
 
 pytestmark = pytest.mark.chaos
 
@@ -153,7 +147,7 @@ def test_a_flooding_pod_is_cut_off_and_no_other_job_suffers(
     stopped_at[0] = time.monotonic()
     stop.set()
     threads[1].join(40)
-    exited = pipeline.check_alive()
+    exited = pipeline.exited()
 
     meta = {k.decode(): v.decode() for k, v in client.hgetall(keys.meta(flooder_job.id)).items()}
     wait_converged(client, [flooder_job.id], timeout_s=60)

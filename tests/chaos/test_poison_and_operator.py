@@ -18,21 +18,15 @@ import pytest
 import redis
 from rq.registry import FailedJobRegistry
 
+from ckpt_pipeline.testing.convergence import wait_converged
+from ckpt_pipeline.testing.events import synthetic_events, xadd_many
+from ckpt_pipeline.testing.jobs import make_jobs
+from ckpt_pipeline.testing.processes import REPO, pipeline_env
 from producer.events import build_event, encode_event
 from scorer_worker.deadletter import list_dead_letters
 
-from .harness import (
-    REPO,
-    compare_runs,
-    make_jobs,
-    pipeline_env,
-    record,
-    reference_run,
-    setup_jobs,
-    synthetic_events,
-    wait_converged,
-    xadd_many,
-)
+from .harness import record, reference_run, setup_jobs
+from .rows import compare_runs
 
 pytestmark = pytest.mark.chaos
 
@@ -88,7 +82,7 @@ def test_poison_event_is_bounded_dead_lettered_visible_and_requeued_after_a_fix(
     listed = cli(server.url, db, "dead", "list", "--job", victim)
     dead_id = letters[0][0] if letters else f"{victim}/0-0"
     shown = cli(server.url, db, "dead", "show", dead_id)
-    exited_while_poisoned = pipeline.check_alive()
+    exited_while_poisoned = pipeline.exited()
 
     # The scorer is fixed: the workers are redeployed without the bug, and the operator
     # requeues the dead letter; the event then counts as if it had never failed.

@@ -16,19 +16,14 @@ import pytest
 import redis
 from rq.registry import FailedJobRegistry
 
+from ckpt_pipeline.testing.convergence import wait_converged
+from ckpt_pipeline.testing.events import synthetic_run
+from ckpt_pipeline.testing.jobs import make_jobs
 from producer import EventPublisher
 from scorer_worker import keys
 
-from .harness import (
-    compare_runs,
-    dead_letter_count,
-    make_jobs,
-    record,
-    reference_run,
-    setup_jobs,
-    synthetic_run,
-    wait_converged,
-)
+from .harness import dead_letter_count, record, reference_run, setup_jobs
+from .rows import compare_runs
 
 pytestmark = pytest.mark.chaos
 
@@ -99,7 +94,7 @@ def test_workers_and_pump_ride_out_redis_restarts(
 
     converge_s = wait_converged(client, ids, timeout_s=60)
     since_last_fault = time.monotonic() - last_fault
-    exited = pipeline.check_alive()
+    exited = pipeline.exited()
     comparison = compare_runs(db, reference_db, ids)
     dead = dead_letter_count(client)
     failed = sum(len(FailedJobRegistry(q, connection=client)) for q in ("scoring", "sink"))

@@ -15,20 +15,12 @@ from datetime import UTC, datetime
 import pytest
 import redis
 
-from .harness import (
-    compare_runs,
-    count_writes,
-    dead_letter_count,
-    levels,
-    make_jobs,
-    pg_execute,
-    record,
-    reference_run,
-    setup_jobs,
-    synthetic_run,
-    wait_converged,
-    xadd_many,
-)
+from ckpt_pipeline.testing.convergence import levels, wait_converged
+from ckpt_pipeline.testing.events import synthetic_run, xadd_many
+from ckpt_pipeline.testing.jobs import make_jobs
+
+from .harness import dead_letter_count, record, reference_run, setup_jobs
+from .rows import compare_runs, count_writes, pg_execute
 
 pytestmark = pytest.mark.chaos
 
@@ -97,7 +89,7 @@ def test_postgres_down_for_60s_loses_nothing_and_catches_up_in_few_writes(
     final_versions, _ = versions(client, ids)
     comparison = compare_runs(db, reference_db, ids)
     dead = dead_letter_count(client)
-    exited = pipeline.check_alive()
+    exited = pipeline.exited()
     record(
         "4-sink-outage",
         {

@@ -29,18 +29,13 @@ from pathlib import Path
 import pytest
 import redis
 
+from ckpt_pipeline.testing.convergence import wait_converged
+from ckpt_pipeline.testing.jobs import Job
+from ckpt_pipeline.testing.processes import REPO
 from scorer_worker import keys
 
-from .harness import (
-    REPO,
-    Job,
-    compare_runs,
-    dead_letter_count,
-    record,
-    reference_run,
-    setup_jobs,
-    wait_converged,
-)
+from .harness import dead_letter_count, record, reference_run, setup_jobs
+from .rows import compare_runs
 
 pytestmark = pytest.mark.chaos
 
@@ -163,7 +158,7 @@ def test_training_never_waits_on_redis_and_every_event_arrives_in_order(
     reference_db, reference_redis = make_database("reference"), make_redis("reference")
     reference_run(reference_redis.url, reference_db, [JOB], {JOB.id: run["published"]})
     comparison = compare_runs(db, reference_db, [JOB.id])
-    exited = pipeline.check_alive()
+    exited = pipeline.exited()
     pipeline.stop()
 
     killed = spool_survives_a_killed_training_process(tmp_path, chaos_redis, client)
