@@ -24,9 +24,10 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from redis.exceptions import WatchError
 
 from producer.events import build_event, encode_event
@@ -65,12 +66,14 @@ class LifecycleError(RuntimeError):
     """The trusted side cannot talk to RunPod (e.g. no API key in its environment)."""
 
 
-@dataclass(frozen=True)
-class LifecycleConfig:
+class LifecycleConfig(BaseSettings):
     """Settings of the trusted side's pod handling.
 
     Environment: ``RUNPOD_API_KEY``, ``RUNPOD_API_URL`` (for pods recorded without one),
-    ``CKPT_RUNPOD_POLL_S``, ``CKPT_RUNPOD_RETRY_FIRST_S``, ``CKPT_RUNPOD_RETRY_MAX_S``.
+    ``CKPT_RUNPOD_POLL_S``, ``CKPT_RUNPOD_RETRY_FIRST_S``, ``CKPT_RUNPOD_RETRY_MAX_S``; each
+    field's variable is its ``validation_alias``. As with the scorer's ``Settings`` (which
+    ``remote`` does not import), ``LifecycleConfig(...)`` never reads the environment; only
+    :meth:`from_env` does.
 
     Attributes:
         api_key: RunPod's API key (never shown).
@@ -81,37 +84,55 @@ class LifecycleConfig:
         timeout_s: the timeout of one RunPod call.
     """
 
-    api_key: str = field(default="", repr=False)
-    api_url: str = DEFAULT_API_URL
-    poll_s: float = 30.0
-    retry_first_s: float = 2.0
-    retry_max_s: float = 300.0
+    model_config = SettingsConfigDict(
+        frozen=True,
+        case_sensitive=True,
+        extra="forbid",
+        populate_by_name=True,
+    )
+
+    api_key: str = Field("", validation_alias=API_KEY_ENV, repr=False)
+    api_url: str = Field(DEFAULT_API_URL, validation_alias=API_URL_ENV)
+    poll_s: float = Field(30.0, validation_alias="CKPT_RUNPOD_POLL_S")
+    retry_first_s: float = Field(2.0, validation_alias="CKPT_RUNPOD_RETRY_FIRST_S")
+    retry_max_s: float = Field(300.0, validation_alias="CKPT_RUNPOD_RETRY_MAX_S")
     timeout_s: float = 15.0
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Only the values given to the constructor (see the class docstring)."""
+        return (init_settings,)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> LifecycleConfig:
         """Read the settings from ``env`` (default ``os.environ``).
 
+        An unset or empty variable keeps the field's default.
+
         Raises:
-            ValueError: when a numeric variable does not parse, naming it.
+            ValueError: when a numeric variable does not parse, naming it and its value.
         """
         env = os.environ if env is None else env
-        numbers = {
-            "poll_s": "CKPT_RUNPOD_POLL_S",
-            "retry_first_s": "CKPT_RUNPOD_RETRY_FIRST_S",
-            "retry_max_s": "CKPT_RUNPOD_RETRY_MAX_S",
-        }
         values: dict[str, Any] = {
-            "api_key": env.get(API_KEY_ENV, ""),
-            "api_url": env.get(API_URL_ENV) or DEFAULT_API_URL,
+            field.validation_alias: env[field.validation_alias]
+            for field in cls.model_fields.values()
+            if isinstance(field.validation_alias, str) and env.get(field.validation_alias)
         }
-        for name, variable in numbers.items():
-            if env.get(variable):
-                try:
-                    values[name] = float(env[variable])
-                except ValueError:
-                    raise ValueError(f"{variable}={env[variable]!r} is not a number") from None
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            error = exc.errors(include_url=False)[0]
+            variable = str(error["loc"][0]) if error["loc"] else "?"
+            raise ValueError(
+                f"{variable}={error.get('input')!r} is not a number: {error['msg']}"
+            ) from None
 
     def backoff_s(self, attempts: int) -> float:
         """Return the wait after ``attempts`` failed attempts."""

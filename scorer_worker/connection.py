@@ -47,8 +47,24 @@ class RetryingRedis(redis.Redis):
     """
 
     @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> RetryingRedis:
-        kwargs.setdefault("retry", outage_retry(Settings.from_env().redis_retry_s))
+    def from_url(
+        cls, url: str, *, settings: Settings | None = None, **kwargs: Any
+    ) -> RetryingRedis:
+        """Open a client for ``url`` that retries through an outage.
+
+        Args:
+            url: the Redis URL.
+            settings: where ``redis_retry_s`` comes from when no ``retry`` is given.
+            kwargs: passed to ``redis.Redis.from_url``; a ``retry`` given here is used as is.
+
+        With neither ``retry`` nor ``settings`` (RQ's ``--connection-class``: its CLI calls
+        ``from_url(url)`` and nothing more, before the worker class, which builds the
+        process's settings, exists), the settings are read from the environment: that call
+        is the one place this class reads it.
+        """
+        if "retry" not in kwargs:
+            source = settings if settings is not None else Settings.from_env()
+            kwargs["retry"] = outage_retry(source.redis_retry_s)
         return super().from_url(url, **kwargs)
 
 
@@ -60,15 +76,15 @@ def connect(settings: Settings, *, ride_out_outages: bool = False) -> redis.Redi
         ride_out_outages: retry through an outage of ``settings.redis_retry_s`` (for the
             pump and the all-in-one worker); one-shot commands fail fast instead.
     """
-    kwargs: dict[str, Any] = {"retry": outage_retry(settings.redis_retry_s)}
-    return (RetryingRedis if ride_out_outages else redis.Redis).from_url(
-        settings.redis_url,
-        socket_timeout=10,
-        socket_connect_timeout=5,
-        health_check_interval=30,
-        retry_on_timeout=True,
-        **(kwargs if ride_out_outages else {}),
-    )
+    options: dict[str, Any] = {
+        "socket_timeout": 10,
+        "socket_connect_timeout": 5,
+        "health_check_interval": 30,
+        "retry_on_timeout": True,
+    }
+    if ride_out_outages:
+        return RetryingRedis.from_url(settings.redis_url, settings=settings, **options)
+    return redis.Redis.from_url(settings.redis_url, **options)
 
 
 PROBE_TIMEOUT_S = 2.0

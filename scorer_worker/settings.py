@@ -1,95 +1,154 @@
-"""One settings object for every process, read from the environment only when asked."""
+"""One settings object for every process, read from the environment only when asked.
+
+A long-running process builds its :class:`Settings` once (``Settings.from_env()``) and passes
+them down; ``Settings(...)`` in code never reads the environment, so tests and callers that
+pass explicit values get exactly those values.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from typing import Any
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .errors import ConfigError
+
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+
+# Variables whose empty value means "not set" (``REDIS_URL=`` in a shell or a .env file).
+_EMPTY_IS_UNSET = ("REDIS_URL", "CKPT_SINK")
 
 
 def _default_sink() -> str:
     return "sqlite:///" + os.path.abspath("checkpoint-pipeline.db")
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(BaseSettings):
     """Configuration of the pump, the workers and the CLI.
 
     Environment variables: ``REDIS_URL``, ``CKPT_SINK`` (``sqlite:///abs/path.db``,
-    ``supabase``, ``postgresql://...``), ``SUPABASE_URL``, ``SUPABASE_SERVICE_ROLE_KEY``,
-    ``CKPT_PROFILE``, ``CKPT_POD_REDIS_URL`` (Redis as pods reach it; defaults to
-    ``REDIS_URL``), and ``CKPT_<FIELD>`` for the numeric fields below.
+    ``supabase``, ``postgresql://...``; unset or empty: ``checkpoint-pipeline.db`` in the
+    working directory), ``SUPABASE_URL``, ``SUPABASE_SERVICE_ROLE_KEY``, ``CKPT_PROFILE``,
+    ``CKPT_POD_REDIS_URL`` (Redis as pods reach it; defaults to ``REDIS_URL``), and
+    ``CKPT_<FIELD>`` for the numeric fields below. Each field's variable is its
+    ``validation_alias``; only :meth:`from_env` reads them.
     """
 
+    model_config = SettingsConfigDict(
+        frozen=True,
+        case_sensitive=True,
+        extra="forbid",
+        # Code passes field names (Settings(redis_url=...)); from_env passes variable names.
+        # (populate_by_name, not validate_by_name: the latter needs pydantic 2.11.)
+        populate_by_name=True,
+    )
+
     # URLs may carry passwords and the key is a secret: none of them appear in repr().
-    redis_url: str = field(default="redis://localhost:6379/0", repr=False)
-    sink_url: str = field(default="", repr=False)
-    supabase_url: str = ""
-    supabase_key: str = field(default="", repr=False)
-    pod_redis_url: str = field(default="", repr=False)
-    profile: str = "default"
-    drain_batch_events: int = 1000
+    redis_url: str = Field(DEFAULT_REDIS_URL, validation_alias="REDIS_URL", repr=False)
+    sink_url: str = Field("", validation_alias="CKPT_SINK", repr=False)
+    supabase_url: str = Field("", validation_alias="SUPABASE_URL")
+    supabase_key: str = Field("", validation_alias="SUPABASE_SERVICE_ROLE_KEY", repr=False)
+    pod_redis_url: str = Field("", validation_alias="CKPT_POD_REDIS_URL", repr=False)
+    profile: str = Field("default", validation_alias="CKPT_PROFILE")
+    drain_batch_events: int = Field(1000, validation_alias="CKPT_DRAIN_BATCH_EVENTS")
     # A task's time budget: a job still busy after it gets a task of its own, so one busy
     # job (a flooding pod, a delivered spool) holds the jobs batched with it for at most this.
-    drain_budget_s: float = 1.0
-    dispatch_batch_jobs: int = 500
-    pump_interval_ms: int = 20
-    discover_interval_s: float = 5.0
-    queued_marker_ttl_s: int = 30
-    flush_lock_ttl_s: int = 30
-    flush_min_interval_s: float = 1.0
-    task_timeout_s: int = 120
-    dead_payload_max_bytes: int = 4096
-    dead_letters_per_job: int = 10_000  # each job's dead letters are capped at this many
+    drain_budget_s: float = Field(1.0, validation_alias="CKPT_DRAIN_BUDGET_S")
+    dispatch_batch_jobs: int = Field(500, validation_alias="CKPT_DISPATCH_BATCH_JOBS")
+    pump_interval_ms: int = Field(20, validation_alias="CKPT_PUMP_INTERVAL_MS")
+    discover_interval_s: float = Field(5.0, validation_alias="CKPT_DISCOVER_INTERVAL_S")
+    queued_marker_ttl_s: int = Field(30, validation_alias="CKPT_QUEUED_MARKER_TTL_S")
+    flush_lock_ttl_s: int = Field(30, validation_alias="CKPT_FLUSH_LOCK_TTL_S")
+    flush_min_interval_s: float = Field(1.0, validation_alias="CKPT_FLUSH_MIN_INTERVAL_S")
+    task_timeout_s: int = Field(120, validation_alias="CKPT_TASK_TIMEOUT_S")
+    dead_payload_max_bytes: int = Field(4096, validation_alias="CKPT_DEAD_PAYLOAD_MAX_BYTES")
+    # Each job's dead letters are capped at this many.
+    dead_letters_per_job: int = Field(10_000, validation_alias="CKPT_DEAD_LETTERS_PER_JOB")
     # A drain reads a stream holding more than this through a bounded script (see
     # store.read_events), so no drain loads much more, whatever a pod appended.
-    drain_read_max_bytes: int = 16 * 1024 * 1024
+    drain_read_max_bytes: int = Field(
+        16 * 1024 * 1024, validation_alias="CKPT_DRAIN_READ_MAX_BYTES"
+    )
     # Per-job limits on what a pod publishes (scorer_worker/limits.py). A real run is far
     # below: a Trainer logs a few events a second, and a spool delivered after an outage is a
     # burst the bucket absorbs.
-    job_max_undrained_events: int = 100_000
-    job_max_undrained_bytes: int = 256 * 1024 * 1024
-    job_max_state_bytes: int = 64 * 1024 * 1024  # a 100,000-step run keeps about 20 MB
-    job_max_events_per_s: float = 1000.0  # sustained, refilling a bucket of job_burst_events
-    job_burst_events: int = 50_000
-    limits_interval_s: float = 1.0
-    stall_after_s: float = 1800.0  # a running job silent this long is reported stalled
-    poison_max_attempts: int = 3
-    sink_retry_attempts: int = 5
-    sink_retry_max_s: float = 10.0
+    job_max_undrained_events: int = Field(100_000, validation_alias="CKPT_JOB_MAX_UNDRAINED_EVENTS")
+    job_max_undrained_bytes: int = Field(
+        256 * 1024 * 1024, validation_alias="CKPT_JOB_MAX_UNDRAINED_BYTES"
+    )
+    # A 100,000-step run keeps about 20 MB.
+    job_max_state_bytes: int = Field(64 * 1024 * 1024, validation_alias="CKPT_JOB_MAX_STATE_BYTES")
+    # Sustained, refilling a bucket of job_burst_events.
+    job_max_events_per_s: float = Field(1000.0, validation_alias="CKPT_JOB_MAX_EVENTS_PER_S")
+    job_burst_events: int = Field(50_000, validation_alias="CKPT_JOB_BURST_EVENTS")
+    limits_interval_s: float = Field(1.0, validation_alias="CKPT_LIMITS_INTERVAL_S")
+    # A running job silent this long is reported stalled.
+    stall_after_s: float = Field(1800.0, validation_alias="CKPT_STALL_AFTER_S")
+    poison_max_attempts: int = Field(3, validation_alias="CKPT_POISON_MAX_ATTEMPTS")
+    sink_retry_attempts: int = Field(5, validation_alias="CKPT_SINK_RETRY_ATTEMPTS")
+    sink_retry_max_s: float = Field(10.0, validation_alias="CKPT_SINK_RETRY_MAX_S")
     # How long long-running processes (RQ workers with RetryingRedis, the pump) wait through a
     # Redis outage before a Redis error surfaces.
-    redis_retry_s: float = 60.0
+    redis_retry_s: float = Field(60.0, validation_alias="CKPT_REDIS_RETRY_S")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Only the values given to the constructor: ``Settings()`` never reads the
+        environment (nor a .env file, nor secrets); :meth:`from_env` does, explicitly."""
+        return (init_settings,)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Build settings from ``env`` (default ``os.environ``).
 
+        Each field is read from its variable (its ``validation_alias``) and parsed by
+        pydantic, whatever its type (``float | None`` included); an unset variable keeps the
+        field's default. An empty ``REDIS_URL`` or ``CKPT_SINK`` counts as unset.
+
         Raises:
-            ConfigError: when a numeric variable does not parse.
+            ConfigError: when a variable does not parse, naming it and its value.
         """
         env = os.environ if env is None else env
-        values: dict[str, object] = {
-            "redis_url": env.get("REDIS_URL") or "redis://localhost:6379/0",
-            "sink_url": env.get("CKPT_SINK") or _default_sink(),
-            "supabase_url": env.get("SUPABASE_URL", ""),
-            "supabase_key": env.get("SUPABASE_SERVICE_ROLE_KEY", ""),
-            "profile": env.get("CKPT_PROFILE", cls.profile),
-            "pod_redis_url": env.get("CKPT_POD_REDIS_URL", ""),
-        }
-        for spec in fields(cls):
-            name = f"CKPT_{spec.name.upper()}"
-            if spec.type in ("int", "float") and name in env:
-                values[spec.name] = _parse_number(
-                    name, env[name], int if spec.type == "int" else float
-                )
-        return cls(**values)
+        values = environment_values(cls, env)
+        for variable in _EMPTY_IS_UNSET:
+            if values.get(variable) == "":
+                del values[variable]
+        values.setdefault("CKPT_SINK", _default_sink())
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise ConfigError(describe_errors(cls, exc)) from None
 
 
-def _parse_number(name: str, text: str, kind: type) -> int | float:
-    try:
-        return kind(text)
-    except ValueError:
-        raise ConfigError(f"{name}={text!r} is not a valid {kind.__name__}") from None
+def environment_values(settings_cls: type[BaseSettings], env: Mapping[str, str]) -> dict[str, Any]:
+    """Return ``{variable: value}`` for each field of ``settings_cls`` whose variable (its
+    string ``validation_alias``) is set in ``env``."""
+    return {
+        field.validation_alias: env[field.validation_alias]
+        for field in settings_cls.model_fields.values()
+        if isinstance(field.validation_alias, str) and field.validation_alias in env
+    }
+
+
+def describe_errors(settings_cls: type[BaseSettings], exc: ValidationError) -> str:
+    """One line per bad value of ``exc``: the variable, the value as given, and why."""
+    names = {
+        name: field.validation_alias
+        for name, field in settings_cls.model_fields.items()
+        if isinstance(field.validation_alias, str)
+    }
+    lines = []
+    for error in exc.errors(include_url=False):
+        key = str(error["loc"][0]) if error["loc"] else "?"
+        lines.append(f"{names.get(key, key)}={error.get('input')!r}: {error['msg']}")
+    return "; ".join(lines)
