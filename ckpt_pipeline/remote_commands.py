@@ -36,7 +36,7 @@ def _load_spec(path: str) -> dict[str, Any]:
 
 def _split_spec(path: str) -> tuple[dict[str, Any], str]:
     from remote.pod_record import split_launch_fields
-    from remote.training import validate_spec
+    from remote.spec import validate_spec
 
     training, on_end = split_launch_fields(_read_spec(path))
     return validate_spec(training), on_end

@@ -1,6 +1,7 @@
 """Entry point of the pod script: train from the spec, publish events, follow the scorer.
 
-Embedded verbatim in the rendered script next to ``producer/`` and ``remote/training.py``.
+Embedded verbatim in the rendered script next to ``producer/`` and the training program
+(``remote/training.py``, ``spec.py``, ``schema.py``, ``arguments.py``, ``dataset.py``).
 By default (spec field ``follow_scorer``) the callback reads the scorer's decision for each
 evaluation through the pod's read-only access to ``ckpt:{<job>}:decision``, so checkpoint
 rotation, early stopping and the model loaded at the end follow the composite score; scoring
@@ -55,7 +56,8 @@ def main(spec: dict, env: Mapping[str, str] = os.environ) -> int:
     """
     import producer
     from producer import CheckpointEventsCallback
-    from remote.training import BEST_DIR, run_training, validate_spec
+    from remote.spec import validate_spec
+    from remote.training import BEST_DIR, run_training
 
     print(f"ckpt-pod: publishing with producer from {Path(producer.__file__).parent}", flush=True)
     job_id = env.get("JOB_ID") or spec.get("job_id")

@@ -1,8 +1,10 @@
 """Rendering the self-contained pod script (trusted side).
 
-The script embeds ``producer/``, ``remote/training.py`` and ``remote/pod_main.py`` verbatim,
-writes them to a temporary folder on the pod and runs ``pod_main.main(SPEC)``. The pod needs
-only ``redis``, ``torch`` and ``transformers`` (+ ``accelerate``). No scoring code travels.
+The script embeds ``producer/``, ``remote/pod_main.py`` and the training program
+(``remote/training.py`` and the modules it imports: ``schema.py``, ``spec.py``,
+``arguments.py``, ``dataset.py``) verbatim, writes them to a temporary folder on the pod and
+runs ``pod_main.main(SPEC)``. The pod needs only ``redis``, ``torch`` and ``transformers``
+(+ ``accelerate``). No scoring code travels.
 """
 
 from __future__ import annotations
@@ -20,7 +22,17 @@ PRODUCER_DIR = Path(producer.__file__).parent
 # or the publisher one day) cannot be missing on the pod. producer/ depends only on the
 # standard library, redis and transformers (DESIGN section 2), so all of it may travel.
 PRODUCER_MODULES = tuple(sorted(path.name for path in PRODUCER_DIR.glob("*.py")))
-REMOTE_MODULES = ("__init__.py", "training.py", "pod_main.py")
+# The pod has only the files listed here: a module that pod_main.py imports, directly or through
+# training.py, and that is missing here fails with ImportError on the pod, not in the tests.
+REMOTE_MODULES = (
+    "__init__.py",
+    "schema.py",
+    "arguments.py",
+    "spec.py",
+    "dataset.py",
+    "training.py",
+    "pod_main.py",
+)
 
 _BOOTSTRAP = '''
 def _install_embedded_modules():

@@ -56,7 +56,8 @@ from producer.wire import (
     encode_decision_entry,
     stream_key,
 )
-from remote.training import load_texts, load_tokenizer, split_texts, tokenize_blocks
+from remote.dataset import load_texts, split_texts, tokenize_blocks
+from remote.training import load_tokenizer
 from scorer_worker.registry import register_job
 from sink.writers.sqlite import SqliteWriter
 

@@ -29,15 +29,12 @@ from ckpt_pipeline.demo.model import (
     write_jsonl_dataset,
 )
 from producer import CheckpointEventsCallback
+from remote.arguments import training_arguments
 from remote.credentials import create_pod_user
 from remote.render import read_embedded, render_script
-from remote.training import (
-    BEST_DIR,
-    SpecError,
-    build_trainer,
-    training_arguments,
-    validate_spec,
-)
+from remote.schema import SpecError
+from remote.spec import validate_spec
+from remote.training import BEST_DIR, build_trainer
 from scorer_worker.registry import record_pod_user, register_job
 from sink.writers.sqlite import SqliteWriter
 

@@ -37,7 +37,8 @@ from remote.pod_main import (
     write_marker,
 )
 from remote.render import render_script
-from remote.training import BEST_DIR, build_trainer, validate_spec
+from remote.spec import validate_spec
+from remote.training import BEST_DIR, build_trainer
 from scorer_worker import keys
 from scorer_worker.registry import record_pod_user, register_job
 from scorer_worker.store import load_state

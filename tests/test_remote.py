@@ -24,7 +24,9 @@ from producer import CheckpointEventsCallback, EventPublisher
 from remote.bootstrap import SCRIPT_ENV
 from remote.credentials import create_pod_user, delete_pod_user, pod_acl_rules
 from remote.render import PRODUCER_DIR, read_embedded, render_script
-from remote.training import SpecError, build_trainer, validate_spec
+from remote.schema import SpecError
+from remote.spec import validate_spec
+from remote.training import build_trainer
 from scorer_worker import keys
 from scorer_worker.registry import record_pod_user, register_job
 from sink.writers.sqlite import SqliteWriter

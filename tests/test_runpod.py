@@ -28,7 +28,7 @@ from remote.lifecycle import LifecycleConfig, PodLifecycle
 from remote.operator import stop_by_hand
 from remote.render import read_embedded, render_script
 from remote.runpod import RetryPolicy, RunPodClient
-from remote.training import validate_spec
+from remote.spec import validate_spec
 from scorer_worker import keys
 from tests.runpod_fake import SHARED_DOCUMENT, Answer, FakeRunPod
 from tests.runpod_jobs import API_KEY, PodEvents, cli, create_row, runpod_env, write_spec

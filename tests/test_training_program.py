@@ -1,4 +1,4 @@
-"""Tests of the training program (remote/training.py) and the tiny local model (remote/tiny.py).
+"""Tests of the training program (remote/training.py and its modules) and the demo's tiny model.
 
 Everything is built locally: no test downloads a model or a data set.
 """
@@ -19,24 +19,12 @@ from ckpt_pipeline.demo.model import (
     prepare_overfit_demo,
     write_jsonl_dataset,
 )
+from remote.arguments import _default_arguments, _program_arguments, training_arguments
+from remote.dataset import DatasetError, load_texts, split_texts
 from remote.render import read_embedded
-from remote.training import (
-    DEVICE_CHECKED,
-    PROGRAM_OWNED,
-    REQUIRED,
-    SPEC_DEFAULTS,
-    SPEC_FIELDS,
-    DatasetError,
-    SpecError,
-    _default_arguments,
-    _program_arguments,
-    argument_types,
-    load_texts,
-    run_training,
-    split_texts,
-    training_arguments,
-    validate_spec,
-)
+from remote.schema import PROGRAM_OWNED, REQUIRED, SPEC_DEFAULTS, SPEC_FIELDS, SpecError
+from remote.spec import DEVICE_CHECKED, argument_types, validate_spec
+from remote.training import run_training
 
 MINIMAL_SPEC = {"job_id": "job-1", "model": "m", "dataset": "d.jsonl", "output_dir": "out"}
 

@@ -51,7 +51,9 @@ def train_once(
     from transformers import EarlyStoppingCallback, PrinterCallback, set_seed
 
     from producer import CheckpointEventsCallback, EventPublisher
-    from remote.training import COMPOSITE_METRIC, FALLBACK_METRIC, build_trainer, validate_spec
+    from remote.schema import COMPOSITE_METRIC, FALLBACK_METRIC
+    from remote.spec import validate_spec
+    from remote.training import build_trainer
 
     output = workdir / (LOOP_OUTPUT if loop else CONTROL_OUTPUT)
     metric = COMPOSITE_METRIC if loop else FALLBACK_METRIC
