@@ -100,14 +100,13 @@ class Pump:
         result = PassResult(jobs=len(jobs))
         drains, eval_flushes, flushes, now = [], [], [], time.time()
         flush_queue = self.flush.queue if self.flush is not None else "sink"
-        for work in scan_levels(self.redis, jobs, flush_queue):  # only jobs with work
+        scan = scan_levels(self.redis, jobs, flush_queue)  # only the jobs to act on
+        result.behind_scoring, result.behind_sink = scan.behind_scoring, scan.behind_sink
+        for work in scan.work:
             job_id, levels = work.job_id, work.levels
-            if levels.undrained > 0:
-                result.behind_scoring += 1
-                if not work.drain_queued:
-                    drains.append(job_id)
+            if levels.undrained > 0 and not work.drain_queued:
+                drains.append(job_id)
             if levels.sink_behind:  # a version refused for good is not retried
-                result.behind_sink += 1
                 due = flush_due(levels, now, self.settings.flush_min_interval_s)
                 if due and not work.flush_queued:  # evaluations first: users wait for them
                     (eval_flushes if levels.eval_changed else flushes).append(job_id)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from producer.wire import END_STATUSES
@@ -19,7 +19,7 @@ SCAN_KEYS_PER_JOB = 4  # events, meta, the drain's and the flush's queued marker
 
 @dataclass(frozen=True)
 class JobWork:
-    """A job with something to do, as :func:`scan_levels` found it."""
+    """A job the pump may act on, as :func:`scan_levels` found it."""
 
     job_id: str
     levels: Levels
@@ -27,12 +27,23 @@ class JobWork:
     flush_queued: bool
 
 
-def scan_levels(redis: Any, job_ids: list[str], flush_queue: str = "sink") -> list[JobWork]:
-    """Return the jobs among ``job_ids`` with work to do, with their levels.
+@dataclass
+class Scan:
+    """What one scan found: the jobs to act on, and how many jobs are behind (queued or not)."""
 
-    Work is undrained events, an unwritten version, or an end. The filtering runs in Redis
-    (a script per chunk of jobs, the chunks pipelined): idle jobs cost no Python time, which
-    matters when a pump watches thousands of jobs.
+    work: list[JobWork] = field(default_factory=list)
+    behind_scoring: int = 0
+    behind_sink: int = 0
+
+
+def scan_levels(redis: Any, job_ids: list[str], flush_queue: str = "sink") -> Scan:
+    """Return the jobs among ``job_ids`` the pump may act on, with their levels.
+
+    A job is returned when it has undrained events and no drain queued, a version the sink
+    has not written and no flush queued, or an end and nothing left to drain or write (to
+    retire). The filtering runs in Redis (a script per chunk of jobs, the chunks
+    pipelined): idle jobs, and jobs whose tasks are already queued, cost no Python time,
+    which matters when a pump watches thousands of jobs.
     """
     script = registered(redis, "pump_scan")
     args = [len(LEVEL_FIELDS), *LEVEL_FIELDS, *END_STATUSES]
@@ -41,12 +52,15 @@ def scan_levels(redis: Any, job_ids: list[str], flush_queue: str = "sink") -> li
     for chunk in chunks:
         script(keys=[k for job in chunk for k in _scan_keys(job, flush_queue)], args=args,
                client=pipe)  # fmt: skip
-    work = []
-    for chunk, rows in zip(chunks, pipe.execute() if chunks else [], strict=True):
+    scan = Scan()
+    for chunk, (scoring, sink, rows) in zip(chunks, pipe.execute() if chunks else [], strict=True):
+        scan.behind_scoring += int(scoring)
+        scan.behind_sink += int(sink)
         for index, length, *values, drain_queued, flush_queued in rows:
             levels = levels_from_values(values, length)
-            work.append(JobWork(chunk[index - 1], levels, bool(drain_queued), bool(flush_queued)))
-    return work
+            job_id = chunk[index - 1]
+            scan.work.append(JobWork(job_id, levels, bool(drain_queued), bool(flush_queued)))
+    return scan
 
 
 def _scan_keys(job_id: str, flush_queue: str) -> list[str]:

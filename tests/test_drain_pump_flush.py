@@ -271,7 +271,7 @@ def test_a_deferred_flush_is_made_by_the_pump_when_due(fake, tmp_path):
     assert flush_job(fake, JOB, settings).outcome == "written"
 
 
-def test_scan_levels_returns_only_jobs_with_work_and_their_queue_markers(fake, settings):
+def test_scan_levels_returns_only_jobs_to_act_on_and_counts_the_behind(fake, settings):
     from scorer_worker.scan import scan_levels
 
     for job in ("idle", "undrained", "unwritten", "queued"):
@@ -281,9 +281,14 @@ def test_scan_levels_returns_only_jobs_with_work_and_their_queue_markers(fake, s
         drain_job(fake, job, settings)
     fake.hset(keys.meta("idle"), "written_version", load_state(fake, "idle").version)
     fake.set(keys.queued("queued", "scoring"), "1")
-    work = {w.job_id: w for w in scan_levels(fake, ["idle", "undrained", "unwritten", "queued"])}
-    assert sorted(work) == ["queued", "undrained", "unwritten"]  # the idle job costs nothing
+    scan = scan_levels(fake, ["idle", "undrained", "unwritten", "queued"])
+    work = {w.job_id: w for w in scan.work}
+    # The idle job costs nothing, and neither does the one whose drain is queued already.
+    assert sorted(work) == ["undrained", "unwritten"]
+    assert (scan.behind_scoring, scan.behind_sink) == (2, 1)
     assert work["undrained"].levels.undrained == 3 and not work["undrained"].drain_queued
-    assert work["queued"].drain_queued and not work["queued"].flush_queued
+    fake.set(keys.queued("unwritten", "sink"), "1")
+    fake.set(keys.queued("undrained", "scoring"), "1")
+    assert scan_levels(fake, ["idle", "undrained", "unwritten", "queued"]).work == []
     unwritten = work["unwritten"].levels
     assert unwritten.undrained == 0 and unwritten.version > unwritten.written == 0
