@@ -1,7 +1,7 @@
 -- The pump's scan (scorer_worker/scan.py). KEYS, 4 per job: events, meta, the drain's queued
 -- marker, the flush's queued marker. ARGV: n, the n level fields to read (keys.LEVEL_FIELDS:
 -- version, written_version, status, eval_version, last_flush_at, refused_version), then the
--- finished statuses. Returns {jobs behind the scorer, jobs behind the sink, rows...}: a row
+-- finished statuses. Returns {jobs behind the scorer, jobs behind the sink, rows...}, a row
 -- for each job the pump may act on, {job index (1-based), stream length, the n levels (''
 -- if absent), drain queued (0/1), flush queued (0/1)}. A job is left out when nothing can be
 -- done for it now: caught up and written, or behind only where a task is already queued
