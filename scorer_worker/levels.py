@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,11 +45,6 @@ class Levels:
     def sink_behind(self) -> bool:
         """True when the state has a version the sink neither wrote nor refused for good."""
         return self.version > max(self.written, self.refused)
-
-
-def levels_from_meta(meta: Mapping[Any, Any], undrained: int = 0) -> Levels:
-    """Build levels from a job's meta hash already read (HGETALL, or zipped level fields)."""
-    return Levels.of(JobMeta.from_hash(meta), undrained)
 
 
 def levels_from_values(values: list[Any], undrained: int = 0) -> Levels:

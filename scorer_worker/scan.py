@@ -14,7 +14,6 @@ from .scripts import registered
 
 # Redis runs a script alone: a chunk of jobs blocks it for about a millisecond.
 SCAN_CHUNK_JOBS = 500
-SCAN_KEYS_PER_JOB = 4  # events, meta, the drain's and the flush's queued markers
 
 
 @dataclass(frozen=True)
