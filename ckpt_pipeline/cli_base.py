@@ -88,7 +88,7 @@ def _create_pod_credentials(settings: Settings, redis: Any, job_id: str) -> Any:
     from remote.credentials import create_pod_user
     from scorer_worker.registry import record_pod_user
 
-    credentials = create_pod_user(redis, job_id, settings.pod_redis_url or settings.redis_url)
+    credentials = create_pod_user(redis, job_id, settings.pod_url)
     record_pod_user(redis, job_id, credentials.username, credentials.password)
     return credentials
 

@@ -109,7 +109,7 @@ def launch(spec_path: str, dry_run: bool, job_token: str | None, **placement: An
     if dry_run:
         from remote.credentials import pod_username, with_credentials
 
-        base = settings.pod_redis_url or settings.redis_url
+        base = settings.pod_url
         url = with_credentials(base, pod_username(spec["job_id"]), "***")
         request = build_request(spec["job_id"], script, url, api_key or "<unset>", options)
         fallbacks = list(options.gpu_types[1:])

@@ -12,10 +12,12 @@ from typing import Any
 
 import redis
 from redis.backoff import ExponentialBackoff
+from redis.cluster import RedisCluster
 from redis.retry import Retry
 from rq import get_current_job
 
 from .settings import Settings
+from .topology import cluster_enabled
 
 RETRY_FIRST_WAIT_S = 0.05
 RETRY_MAX_WAIT_S = 1.0
@@ -85,6 +87,28 @@ def connect(settings: Settings, *, ride_out_outages: bool = False) -> redis.Redi
     if ride_out_outages:
         return RetryingRedis.from_url(settings.redis_url, settings=settings, **options)
     return redis.Redis.from_url(settings.redis_url, **options)
+
+
+def connect_data(settings: Settings, queue: Any = None, *, ride_out_outages: bool = False) -> Any:
+    """Open the data side: ``queue`` itself when ``CKPT_DATA_REDIS_URL`` is unset, else a client
+    of that server, a :class:`~redis.cluster.RedisCluster` when it runs in cluster mode.
+
+    Args:
+        settings: the URLs and the outage budget.
+        queue: the queue-side client already open (returned when the sides are one server).
+        ride_out_outages: as for :func:`connect`; on a cluster, a failed node's slots are
+            looked up again and the command retried for ``redis_retry_s``.
+    """
+    if not settings.split_sides:
+        return queue if queue is not None else connect(settings, ride_out_outages=ride_out_outages)
+    url = settings.data_redis_url
+    options: dict[str, Any] = {"socket_timeout": 10, "socket_connect_timeout": 5}
+    if not cluster_enabled(url, **options):
+        if ride_out_outages:
+            return RetryingRedis.from_url(url, settings=settings, **options)
+        return redis.Redis.from_url(url, health_check_interval=30, **options)
+    retry = outage_retry(settings.redis_retry_s if ride_out_outages else 0.0)
+    return RedisCluster.from_url(url, retry=retry, **options)
 
 
 PROBE_TIMEOUT_S = 2.0

@@ -19,7 +19,7 @@ from .errors import ConfigError
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 
 # Variables whose empty value means "not set" (``REDIS_URL=`` in a shell or a .env file).
-_EMPTY_IS_UNSET = ("REDIS_URL", "CKPT_SINK")
+_EMPTY_IS_UNSET = ("REDIS_URL", "CKPT_SINK", "CKPT_DATA_REDIS_URL")
 
 
 def _default_sink() -> str:
@@ -32,7 +32,9 @@ class Settings(BaseSettings):
     Environment variables: ``REDIS_URL``, ``CKPT_SINK`` (``sqlite:///abs/path.db``,
     ``supabase``, ``postgresql://...``; unset or empty: ``checkpoint-pipeline.db`` in the
     working directory), ``SUPABASE_URL``, ``SUPABASE_SERVICE_ROLE_KEY``, ``CKPT_PROFILE``,
-    ``CKPT_POD_REDIS_URL`` (Redis as pods reach it; defaults to ``REDIS_URL``), and
+    ``CKPT_POD_REDIS_URL`` (Redis as pods reach it; defaults to the data side),
+    ``CKPT_DATA_REDIS_URL`` (the data side: a plain Redis or a Cluster node; defaults to
+    ``REDIS_URL``), and
     ``CKPT_<FIELD>`` for the numeric fields below. Each field's variable is its
     ``validation_alias``; only :meth:`from_env` reads them.
     """
@@ -52,6 +54,13 @@ class Settings(BaseSettings):
     supabase_url: str = Field("", validation_alias="SUPABASE_URL")
     supabase_key: str = Field("", validation_alias="SUPABASE_SERVICE_ROLE_KEY", repr=False)
     pod_redis_url: str = Field("", validation_alias="CKPT_POD_REDIS_URL", repr=False)
+    # The data side (each job's stream, state, meta, decision, changes, dead letters): a
+    # plain Redis or any node of a Redis Cluster. Empty: everything on redis_url.
+    data_redis_url: str = Field("", validation_alias="CKPT_DATA_REDIS_URL", repr=False)
+    # Commits wait for this many replicas to acknowledge them (WAIT), at most the timeout:
+    # an acknowledged commit then survives its master's failover. 0: no WAIT.
+    data_wait_replicas: int = Field(0, ge=0, validation_alias="CKPT_DATA_WAIT_REPLICAS")
+    data_wait_timeout_ms: int = Field(1000, ge=0, validation_alias="CKPT_DATA_WAIT_TIMEOUT_MS")
     profile: str = Field("default", validation_alias="CKPT_PROFILE")
     drain_batch_events: int = Field(1000, validation_alias="CKPT_DRAIN_BATCH_EVENTS")
     # A task's time budget: a job still busy after it gets a task of its own, so one busy
@@ -93,6 +102,21 @@ class Settings(BaseSettings):
     # How long long-running processes (RQ workers with RetryingRedis, the pump) wait through a
     # Redis outage before a Redis error surfaces.
     redis_retry_s: float = Field(60.0, validation_alias="CKPT_REDIS_RETRY_S")
+
+    @property
+    def data_url(self) -> str:
+        """The data side's URL: ``data_redis_url``, else ``redis_url``."""
+        return self.data_redis_url or self.redis_url
+
+    @property
+    def split_sides(self) -> bool:
+        """Whether the data side is a server of its own (``CKPT_DATA_REDIS_URL`` set)."""
+        return bool(self.data_redis_url) and self.data_redis_url != self.redis_url
+
+    @property
+    def pod_url(self) -> str:
+        """Redis as pods reach it: ``pod_redis_url``, else the data side (pods publish there)."""
+        return self.pod_redis_url or self.data_url
 
     @classmethod
     def settings_customise_sources(
