@@ -66,7 +66,15 @@ def test_the_constructor_never_reads_the_environment(monkeypatch, tmp_path) -> N
     assert explicit.dispatch_batch_jobs == 500  # the default, not CKPT_DISPATCH_BATCH_JOBS
 
 
-_STRINGS = {"redis_url", "sink_url", "supabase_url", "supabase_key", "pod_redis_url", "profile"}
+_STRINGS = {
+    "redis_url",
+    "sink_url",
+    "supabase_url",
+    "supabase_key",
+    "pod_redis_url",
+    "profile",
+    "data_redis_url",
+}
 
 
 def test_from_env_reads_every_variable() -> None:
