@@ -26,6 +26,7 @@ from scorer_worker.settings import Settings
 
 from .cli_base import (
     _create_pod_credentials,
+    _data,
     _dump,
     _finite,
     _Group,
@@ -75,13 +76,14 @@ def register(
     redis.ping()  # an unreachable Redis is reported here, before the row is inserted
     created = create_row and _create_row(settings, job_id, job_token, model_name)
     try:
-        register_job(redis, job_id, job_token)
+        data = _data(settings, redis)
+        register_job(redis, job_id, job_token, data=data)
     except RedisError:
         if created:  # Redis refused the registration (out of memory...): undo the new row
             _drop_created_row(settings, job_id, job_token)
         raise
     if pod_credentials:
-        credentials = _create_pod_credentials(settings, redis, job_id)
+        credentials = _create_pod_credentials(settings, data, job_id)  # users on the data side
         click.echo(json.dumps({**credentials.masked(), "redis_url": credentials.redis_url}))
         return
     click.echo(f"registered {job_id}")
@@ -128,7 +130,9 @@ def unregister(job_id: str) -> None:
     from scorer_worker.registry import unregister_job
 
     _check_job_id(job_id)
-    unregister_job(_redis(_settings()), job_id)
+    settings = _settings()
+    redis = _redis(settings)
+    unregister_job(redis, job_id, data=_data(settings, redis))
     click.echo(f"unregistered {job_id}")
 
 
@@ -183,9 +187,11 @@ def pump(burst: bool, shard: str) -> None:
     settings = _settings()
     redis = _redis(settings, ride_out_outages=not burst)
     lifecycle = _pod_lifecycle(redis, background=not burst)
+    data = _data(settings, redis, ride_out_outages=not burst)
     reconciler = Pump(
-        redis, settings, int(index), int(count or 1), after_pass=lifecycle, flush=FLUSH
-    )
+        redis, settings, int(index), int(count or 1), after_pass=lifecycle, flush=FLUSH,
+        data=data,
+    )  # fmt: skip
     if burst:
         result = reconciler.run_once()
         click.echo(
@@ -218,7 +224,8 @@ def work(burst: bool) -> None:
         )
     redis = _redis(settings, ride_out_outages=True)
     lifecycle = _pod_lifecycle(redis, background=not burst)  # on_end, as the pump applies it
-    passes = run_all_in_one(redis, settings, burst=burst, after_pass=lifecycle)
+    data = _data(settings, redis, ride_out_outages=True)
+    passes = run_all_in_one(redis, settings, burst=burst, after_pass=lifecycle, data=data)
     if burst:
         click.echo(f"work: idle after {passes} passes")
 
@@ -272,7 +279,9 @@ def status(job_id: str, as_json: bool) -> None:
     from .status import job_status
 
     _check_job_id(job_id)
-    report = job_status(_settings(), _redis(_settings()), job_id)
+    settings = _settings()
+    redis = _redis(settings)
+    report = job_status(settings, _data(settings, redis), job_id, queue=redis)
     if _unknown(report):
         raise ValueError(
             f"unknown job {job_id!r}: not registered, and no events, state, dead letters or row"

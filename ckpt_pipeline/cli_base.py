@@ -28,6 +28,13 @@ def _redis(settings: Settings, *, ride_out_outages: bool = False) -> Any:
     return connect(settings, ride_out_outages=ride_out_outages)
 
 
+def _data(settings: Settings, queue: Any, *, ride_out_outages: bool = False) -> Any:
+    """The data side (``CKPT_DATA_REDIS_URL``): ``queue`` itself when it is unset."""
+    from scorer_worker.connection import connect_data
+
+    return connect_data(settings, queue, ride_out_outages=ride_out_outages)
+
+
 def _json_default(value: Any) -> Any:
     return str(value)
 

@@ -27,11 +27,20 @@ def dead() -> None:
     """Inspect and act on dead letters (events that failed validation or scoring)."""
 
 
-def _redis() -> Any:
+def _queue() -> Any:
+    """The queue side (``REDIS_URL``): the job index."""
     from scorer_worker.connection import connect
     from scorer_worker.settings import Settings
 
     return connect(Settings.from_env())
+
+
+def _redis() -> Any:
+    """The data side, where each job's dead letters live (beside its state)."""
+    from scorer_worker.connection import connect_data
+    from scorer_worker.settings import Settings
+
+    return connect_data(Settings.from_env())
 
 
 def _job_option(job_id: str | None) -> str | None:
@@ -85,11 +94,11 @@ def requeue(refs: tuple[str, ...], job_id: str | None) -> None:
             click.echo(f"{ref}: not requeued ({problem})", err=True)
             continue
         job, entry_id = parse_ref(ref)
-        pipe = redis.pipeline(transaction=False)
+        pipe = redis.pipeline(transaction=False)  # one job: one slot
         pipe.xadd(keys.events(job), {EVENT_FIELD: letter.payload})
-        pipe.sadd(keys.JOBS, job)
         pipe.xdel(keys.dead(job), entry_id)
         pipe.execute()
+        _queue().sadd(keys.JOBS, job)  # the job index is on the queue side
         click.echo(f"{ref}: requeued to {job}")
 
 

@@ -11,7 +11,7 @@ import click
 
 from scorer_worker.settings import Settings
 
-from .cli_base import _create_pod_credentials, _dump, _pod_lifecycle, _redis, _settings
+from .cli_base import _create_pod_credentials, _data, _dump, _pod_lifecycle, _redis, _settings
 
 
 @click.group()
@@ -139,8 +139,9 @@ def _launch(
 
     job_id = spec["job_id"]
     redis = _redis(settings)
-    register_job(redis, job_id, job_token)
-    credentials = _create_pod_credentials(settings, redis, job_id)
+    data = _data(settings, redis)  # the pod publishes there, so its user lives there
+    register_job(redis, job_id, job_token, data=data)
+    credentials = _create_pod_credentials(settings, data, job_id)
 
     def body_for(gpu_type: str) -> dict[str, Any]:
         return create_pod_body(job_id, script, credentials.redis_url, options, gpu_type)
@@ -150,7 +151,7 @@ def _launch(
             pod, gpu_type = launch_pod(client, body_for, options.gpu_types)
         except BaseException as exc:
             if not getattr(exc, "pod_may_exist", False):
-                drop_pod_user(redis, job_id)  # no pod, so no credentials left lying around
+                drop_pod_user(data, job_id)  # no pod, so no credentials left lying around
             raise
     now = time.time()
     try:

@@ -29,19 +29,21 @@ def run_all_in_one(
     burst: bool = False,
     stop: threading.Event | None = None,
     after_pass: Callable[[Callable[[str], bool]], object] | None = None,
+    data: Any = None,
 ) -> int:
     """Alternate pump passes with burst runs of a worker on queues ``scoring`` and ``sink``.
 
     The worker is a ``SimpleWorker`` (no fork per task), which is what makes one process
     enough. With ``burst`` it returns once a pass finds nothing behind and both queues are
     empty. ``after_pass`` is handed to the :class:`Pump` (the command line composes the RunPod
-    pod lifecycle into it, as in ``ckpt-pipeline pump``).
+    pod lifecycle into it, as in ``ckpt-pipeline pump``). ``redis`` is the queue side, ``data``
+    the data side (``redis`` by default); the tasks open their own (``process_data``).
 
     Returns:
         The number of pump passes made.
     """
     stop = stop or threading.Event()
-    pump = Pump(redis, settings, after_pass=after_pass, flush=FLUSH)
+    pump = Pump(redis, settings, after_pass=after_pass, flush=FLUSH, data=data)
     queues = [Queue(DRAIN.queue, connection=redis), Queue(FLUSH.queue, connection=redis)]
     try:
         with composed(settings, FLUSH):  # the worker below runs its tasks in this process

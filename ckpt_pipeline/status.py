@@ -18,7 +18,7 @@ from scorer_worker.store import load_state
 SECRET_FIELDS = ("token", "job_token", "pod_password")
 
 
-def pipeline_state(redis: Any, job_id: str) -> dict[str, Any]:
+def pipeline_state(redis: Any, job_id: str, queue: Any = None) -> dict[str, Any]:
     """Return the job's lag, versions, dead letters and sink errors."""
     meta = JobMeta.from_hash(redis.hgetall(keys.meta(job_id)))
     state = load_state(redis, job_id)
@@ -27,7 +27,7 @@ def pipeline_state(redis: Any, job_id: str) -> dict[str, Any]:
     letters = list_dead_letters(redis, count=5, job_id=job_id)
     return {
         "registered": bool(meta.token),
-        "active": bool(redis.sismember(keys.JOBS, job_id)),
+        "active": bool((queue if queue is not None else redis).sismember(keys.JOBS, job_id)),
         "lag_events": int(redis.xlen(keys.events(job_id))),
         "cursor": state.cursor,
         "state_version": version,
@@ -68,21 +68,23 @@ def picks(row: dict[str, Any]) -> dict[str, Any]:
     return {"multi_metric": multi, "eval_loss_only": (breakdown or {}).get("eval_loss_pick")}
 
 
-def job_status(settings: Settings, redis: Any, job_id: str) -> dict[str, Any]:
+def job_status(settings: Settings, redis: Any, job_id: str, queue: Any = None) -> dict[str, Any]:
     """Return ``{"pipeline": ..., "row": ...}`` for ``job_id``; the row is None if absent.
+
+    ``redis`` is the data side; ``queue`` the queue side (``redis`` itself by default).
 
     Everything in it is redacted: the job's token and pod password, the RunPod API key of
     this process, and any URL password (an error message may quote a connection string).
     """
-    report = _job_status(settings, redis, job_id)
+    report = _job_status(settings, redis, job_id, queue)
     secrets = (*job_secrets(redis, job_id), os.environ.get("RUNPOD_API_KEY"))
     return redact_value(report, secrets)
 
 
-def _job_status(settings: Settings, redis: Any, job_id: str) -> dict[str, Any]:
+def _job_status(settings: Settings, redis: Any, job_id: str, queue: Any) -> dict[str, Any]:
     from sink.writers import writer_from_settings
 
-    report: dict[str, Any] = {"pipeline": pipeline_state(redis, job_id), "row": None}
+    report: dict[str, Any] = {"pipeline": pipeline_state(redis, job_id, queue), "row": None}
     writer = writer_from_settings(settings)
     try:
         row = writer.read_job(job_id)

@@ -28,7 +28,7 @@ from .fold import Fold, NeedsFullLoad, decode_batch
 from .keys import LEVEL_FIELDS, POISON_PREFIX, MetaField
 from .levels import Levels, levels_from_values
 from .poison import Poisoned, record_poison
-from .scripts import registered
+from .scripts import per_job, run_chunked
 from .settings import Settings
 from .state import HEAD_FIELD, INITIAL_CURSOR
 from .store import StateTransaction
@@ -91,7 +91,8 @@ def _round(
     _read_records(redis, batches)
     folded = [b for b in batches if _fold(redis, b, settings, bulk)]
     drained_at = time.time()
-    written = commits.commit_all(redis, [b.txn.prepare(drained_at=drained_at) for b in folded])
+    prepared = [b.txn.prepare(drained_at=drained_at) for b in folded]
+    written = commits.commit_all(redis, prepared, commits.wait_option(settings))
     more: list[str] = []
     for batch, ok in zip(folded, written, strict=True):
         job_id, state = batch.txn.job_id, batch.txn.state
@@ -142,14 +143,11 @@ def _read(
     Two pipelined round trips: the first says how many bytes each stream holds, so that a
     stream past the read budget is left to ``drain_job``'s bounded read, unread here.
     """
-    script = registered(redis, "drain_read")
     args = [count, HEAD_FIELD, POISON_PREFIX, len(_READ_FIELDS), *_READ_FIELDS, *_SPECIAL_FIELDS]
-    pipe = redis.pipeline(transaction=False)
-    for start in range(0, len(job_ids), READ_CHUNK_JOBS):
-        chunk = job_ids[start : start + READ_CHUNK_JOBS]
-        job_keys = [k for j in chunk for k in (keys.meta(j), keys.state(j), keys.events(j))]
-        script(keys=job_keys, args=args, client=pipe)
-    heads = [row for rows in (pipe.execute() if job_ids else []) for row in rows]
+    replies = run_chunked(
+        redis, "drain_read", job_ids, _read_keys, args, chunk_jobs=READ_CHUNK_JOBS
+    )
+    heads = per_job(replies, len(job_ids))
     readable = []
     for job_id, (head, cursor, *values, special, size, last) in zip(job_ids, heads, strict=True):
         levels = bulk.levels[job_id] = levels_from_values(values)
@@ -160,6 +158,7 @@ def _read(
             result.caught_up, result.version = True, levels.version
         else:
             readable.append((job_id, head, as_text(cursor), levels, as_text(last)))
+    pipe = redis.pipeline(transaction=False)  # a cluster's pipeline sends one per node
     for job_id, *_, last in readable:
         # A commit trims what it drained, so the stream holds only entries after the cursor
         # (checked in _batch; the compare-and-set catches a commit made meanwhile).
@@ -176,12 +175,17 @@ def _read(
     return batches
 
 
+def _read_keys(job_id: str) -> list[str]:
+    return [keys.meta(job_id), keys.state(job_id), keys.events(job_id)]
+
+
 def _batch(
     redis: Any, job_id: str, head: Any, cursor: str, entries: list, levels: Levels,
     settings: Settings,
 ) -> _Batch | None:  # fmt: skip
     """The job's batch, or None when it needs ``drain_job``."""
-    txn = StateTransaction(redis, job_id, settings.profile, head=head or None)
+    wait = commits.wait_option(settings)
+    txn = StateTransaction(redis, job_id, settings.profile, head=head or None, wait=wait)
     state = txn.state
     if (cursor or INITIAL_CURSOR) != state.cursor:
         return None  # a meta cursor that is not the head's

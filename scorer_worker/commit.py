@@ -1,4 +1,4 @@
-"""Committing drains: one compare-and-set per job, many jobs per script call (``lua/commit.lua``).
+"""Committing drains: one compare-and-set per job, many jobs per call (``lua/commit.lua``).
 
 Both drains, the pipelined :func:`~scorer_worker.bulk.drain_many` and its per-job fallback
 :func:`~scorer_worker.drain.drain_job`, commit through :func:`commit_all`. For each job it
@@ -19,7 +19,8 @@ from . import keys
 from .deadletter import DEAD_PER_JOB_DEFAULT, DeadLetter
 from .decision import DecisionWrite
 from .keys import MetaField
-from .scripts import registered
+from .scripts import Wait, per_job, run_chunked
+from .settings import Settings
 from .state import HEAD_FIELD, JobState
 from .streams import next_stream_id
 
@@ -83,20 +84,34 @@ def _trim(cursor: str) -> tuple[str, str]:
     return following, ""
 
 
-def commit_all(redis: Any, commits: list[Commit]) -> list[bool]:
-    """Run ``commits`` (pipelined, a script call per chunk); return which were written.
+def commit_all(redis: Any, commits: list[Commit], wait: Wait | None = None) -> list[bool]:
+    """Run ``commits`` (a script call per chunk, one pipeline per node); return which were
+    written, in order.
 
     A commit not written lost the race: its job's head changed since it was read.
+
+    Args:
+        redis: the data side.
+        commits: one per job.
+        wait: wait for replicas after each node's commits (``CKPT_DATA_WAIT_REPLICAS``).
+
+    Raises:
+        ReplicationTimeout: ``wait`` was given and too few replicas acknowledged in time.
     """
-    script = registered(redis, "commit")
-    pipe = redis.pipeline(transaction=False)
-    for start in range(0, len(commits), COMMIT_CHUNK_JOBS):
-        chunk = commits[start : start + COMMIT_CHUNK_JOBS]
-        args: list[Any] = [HEAD_FIELD]
-        for commit in chunk:
-            args.extend(commit.args())
-        script(keys=[k for c in chunk for k in keys.drain_keys(c.job_id)], args=args, client=pipe)
-    return [bool(ok) for oks in (pipe.execute() if commits else []) for ok in oks]
+    job_ids = [commit.job_id for commit in commits]
+    replies = run_chunked(
+        redis, "commit", job_ids, keys.drain_keys, [HEAD_FIELD], chunk_jobs=COMMIT_CHUNK_JOBS,
+        job_args=lambda index: commits[index].args(), wait=wait,
+    )  # fmt: skip
+    return [bool(ok) for ok in per_job(replies, len(commits))]
+
+
+def wait_option(settings: Settings) -> Wait | None:
+    """The commits' ``WAIT`` (``CKPT_DATA_WAIT_REPLICAS``, ``CKPT_DATA_WAIT_TIMEOUT_MS``), or
+    None when no replica is waited for."""
+    if settings.data_wait_replicas <= 0:
+        return None
+    return Wait(settings.data_wait_replicas, settings.data_wait_timeout_ms)
 
 
 def meta_fields(state: JobState, drained_at: float | None = None) -> dict[str, str | int]:

@@ -18,6 +18,7 @@ from producer.wire import as_text, is_valid_job_id
 
 from . import keys
 from .errors import PipelineError
+from .topology import scan_masters
 
 DEAD_PER_JOB_DEFAULT = 10_000
 _ENTRY_ID_RE = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
@@ -142,7 +143,7 @@ def list_dead_letters(
 
 def dead_letter_jobs(redis: Any) -> list[str]:
     """Return the jobs that have dead letters (a SCAN: an operator's tool, not a hot path)."""
-    found = {keys.job_of_dead_key(key) for key in redis.scan_iter(keys.DEAD_PATTERN, count=1000)}
+    found = {keys.job_of_dead_key(key) for key in scan_masters(redis, keys.DEAD_PATTERN)}
     return sorted(job for job in found if job)
 
 

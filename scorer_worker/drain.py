@@ -16,6 +16,7 @@ from typing import Any
 
 from redis.exceptions import WatchError
 
+from . import commit as commits
 from . import keys
 from .errors import PoisonEvent, StateConflict
 from .fold import Fold, NeedsFullLoad, decode_batch
@@ -81,7 +82,7 @@ def drain_job(
 def _drain_batch(
     redis: Any, job_id: str, settings: Settings, result: DrainResult, meta: JobMeta
 ) -> bool:
-    txn = StateTransaction(redis, job_id, settings.profile)
+    txn = StateTransaction(redis, job_id, settings.profile, wait=commits.wait_option(settings))
     if _trusted_facts(redis, txn, meta):
         result.version, result.commits = txn.state.version, result.commits + 1
         return False  # cut off (the backlog is dropped unread), or a stall to report

@@ -33,6 +33,14 @@ class StateConflict(PipelineError):
     """Another process committed the job's state first; re-read and try again."""
 
 
+class ReplicationTimeout(PipelineError):
+    """Fewer replicas than ``CKPT_DATA_WAIT_REPLICAS`` acknowledged a commit in time.
+
+    The commit stands on its master; the task fails, so its flushes are not asked for, and
+    the job is drained again on the pump's next pass.
+    """
+
+
 class SinkError(PipelineError):
     """Base class of errors writing the job row."""
 

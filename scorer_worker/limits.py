@@ -24,7 +24,7 @@ from producer.wire import as_text
 
 from . import keys
 from .keys import MetaField
-from .scripts import registered
+from .scripts import per_job, run_chunked
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -133,14 +133,11 @@ class LimitKeeper:
 
 
 def read_usage(redis: Any, job_ids: list[str]) -> list[Usage]:
-    """Read every job's usage (a script per chunk of jobs, the chunks pipelined)."""
-    script = registered(redis, "job_usage")
-    pipe = redis.pipeline(transaction=False)
-    chunks = [job_ids[i : i + USAGE_CHUNK_JOBS] for i in range(0, len(job_ids), USAGE_CHUNK_JOBS)]
-    for chunk in chunks:
-        job_keys = [k for j in chunk for k in (keys.meta(j), keys.events(j), keys.state(j))]
-        script(keys=job_keys, args=_USAGE_FIELDS, client=pipe)
-    rows = [row for rows in (pipe.execute() if job_ids else []) for row in rows]
+    """Read every job's usage (a script per chunk of jobs, one pipeline per node)."""
+    replies = run_chunked(
+        redis, "job_usage", job_ids, _usage_keys, _USAGE_FIELDS, chunk_jobs=USAGE_CHUNK_JOBS
+    )
+    rows = per_job(replies, len(job_ids))
     found = []
     for job_id, row in zip(job_ids, rows, strict=True):
         undrained, size, added, status, drained, stalled, cut, pod, state = row
@@ -152,6 +149,10 @@ def read_usage(redis: Any, job_ids: list[str]) -> list[Usage]:
             )
         )  # fmt: skip
     return found
+
+
+def _usage_keys(job_id: str) -> list[str]:
+    return [keys.meta(job_id), keys.events(job_id), keys.state(job_id)]
 
 
 def cut_off_job(redis: Any, job_id: str, reason: str, pod_user: str | None = None) -> None:

@@ -28,6 +28,7 @@ from .routes import Route
 from .scan import scan_levels
 from .settings import Settings
 from .store import compact_state
+from .topology import scan_masters
 
 log = logging.getLogger(__name__)
 STREAM_PATTERN = "ckpt:{*}:events"
@@ -54,7 +55,7 @@ class Pump:
     """Reconciles streams, states and rows for the jobs of one shard.
 
     Args:
-        redis: a Redis client (trusted credentials).
+        redis: the queue side (trusted credentials): the job index, markers, RQ.
         settings: pump interval, discovery interval, marker TTLs.
         shard_index: which shard of the jobs this pump owns (0-based).
         shard_count: how many pumps share the jobs, by CRC32 of the job id.
@@ -63,6 +64,7 @@ class Pump:
             scorer itself knows nothing of it).
         flush: where rows that are due are sent (the sink's task, given by the shell); None
             enqueues no flushes.
+        data: the data side (each job's keys); ``redis`` itself by default.
     """
 
     def __init__(
@@ -74,16 +76,18 @@ class Pump:
         *,
         after_pass: Callable[[Callable[[str], bool]], object] | None = None,
         flush: Route | None = None,
+        data: Any = None,
     ):
         if not 0 <= shard_index < shard_count:
             raise ValueError(f"shard {shard_index} is not in 0..{shard_count - 1}")
         self.redis = redis
+        self.data = data if data is not None else redis
         self.settings = settings
         self.shard_index = shard_index
         self.shard_count = shard_count
         self.after_pass = after_pass
         self.flush = flush
-        self.limits = LimitKeeper(redis, settings)
+        self.limits = LimitKeeper(self.data, settings)
         self._last_discovery = 0.0
 
     def owns(self, job_id: str) -> bool:
@@ -100,7 +104,7 @@ class Pump:
         result = PassResult(jobs=len(jobs))
         drains, eval_flushes, flushes, now = [], [], [], time.time()
         flush_queue = self.flush.queue if self.flush is not None else "sink"
-        scan = scan_levels(self.redis, jobs, flush_queue)  # only the jobs to act on
+        scan = scan_levels(self.data, jobs, flush_queue, queue=self.redis)  # jobs to act on
         result.behind_scoring, result.behind_sink = scan.behind_scoring, scan.behind_sink
         for work in scan.work:
             job_id, levels = work.job_id, work.levels
@@ -156,11 +160,11 @@ class Pump:
         self._last_discovery = time.monotonic()
         known = {as_text(member) for member in self.redis.smembers(keys.JOBS)}
         candidates = []
-        for key in self.redis.scan_iter(match=STREAM_PATTERN, count=1000, _type="stream"):
+        for key in scan_masters(self.data, STREAM_PATTERN, "stream"):
             job_id = job_of_stream_key(as_text(key))
             if job_id and job_id not in known and self.owns(job_id):
                 candidates.append(job_id)
-        levels = read_levels(self.redis, candidates)  # one pipelined round trip, not one per key
+        levels = read_levels(self.data, candidates)  # one pipelined round trip, not one per key
         found = [j for j, level in zip(candidates, levels, strict=True) if level.undrained > 0]
         added = self.redis.sadd(keys.JOBS, *found) if found else 0
         if added:
@@ -171,5 +175,5 @@ class Pump:
         # Finished, drained and written: stop polling it, the pod's credentials go, and its
         # records are compacted.
         self.redis.srem(keys.JOBS, job_id)
-        drop_pod_user(self.redis, job_id)
-        compact_state(self.redis, job_id)
+        drop_pod_user(self.data, job_id)
+        compact_state(self.data, job_id)

@@ -17,11 +17,16 @@ SINK_FIELDS = (
 )  # fmt: skip
 
 
-def register_job(redis: Any, job_id: str, job_token: str) -> None:
-    """Store the job's token and add it to ``ckpt:jobs``.
+def register_job(redis: Any, job_id: str, job_token: str, *, data: Any = None) -> None:
+    """Store the job's token (data side) and add it to ``ckpt:jobs`` (queue side).
 
     Re-registering resets what the sink last wrote, so the row is written again with the
-    (possibly new) token.
+    (possibly new) token. The token is stored first, so the pump never sees the job
+    without it.
+
+    Args:
+        redis: the queue side.
+        data: the data side; ``redis`` itself by default.
 
     Raises:
         ValueError: on an invalid job id or an empty token.
@@ -30,18 +35,19 @@ def register_job(redis: Any, job_id: str, job_token: str) -> None:
         raise ValueError(f"invalid job id {job_id!r}: expected 1-64 of [A-Za-z0-9_-]")
     if not job_token:
         raise ValueError("the job token must not be empty")
-    pipe = redis.pipeline(transaction=True)
+    pipe = (data if data is not None else redis).pipeline(transaction=True)  # one slot
     registration = {MetaField.TOKEN: job_token, MetaField.REGISTERED_AT: repr(time.time())}
     pipe.hset(keys.meta(job_id), mapping=registration)
     pipe.hdel(keys.meta(job_id), *SINK_FIELDS)
-    pipe.sadd(keys.JOBS, job_id)
     pipe.execute()
+    redis.sadd(keys.JOBS, job_id)
 
 
-def unregister_job(redis: Any, job_id: str) -> None:
-    """Remove the job from the active set and delete its pod user (state and row stay)."""
+def unregister_job(redis: Any, job_id: str, *, data: Any = None) -> None:
+    """Remove the job from the active set (queue side, ``redis``) and delete its pod user
+    (data side, ``data``, by default ``redis``); state and row stay."""
     redis.srem(keys.JOBS, job_id)
-    drop_pod_user(redis, job_id)
+    drop_pod_user(data if data is not None else redis, job_id)
 
 
 def record_pod_user(redis: Any, job_id: str, username: str, password: str | None = None) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from .keys import DRAIN_JOBS_TASK, SCORING_QUEUE
 from .settings import Settings
@@ -32,6 +33,8 @@ class _Process:
     def __init__(self) -> None:
         self.settings: Settings | None = None
         self.flush: Route | None = None
+        self.data: Any = None  # the data side's client, opened by the first task that needs it
+        self.data_url = ""
 
 
 _PROCESS = _Process()
@@ -68,3 +71,19 @@ def process_settings() -> Settings:
 def process_flush_route() -> Route | None:
     """Return where the drain asks for flushes, or None (then the pump asks, a pass later)."""
     return _PROCESS.flush
+
+
+def process_data(settings: Settings, queue: Any) -> Any:
+    """Return the data side for this process's tasks.
+
+    ``queue`` (the task's own connection) when the sides are one server; else one client per
+    process, opened on first use and kept (a cluster client learns the slot map once).
+    """
+    if not settings.split_sides:
+        return queue
+    if _PROCESS.data is None or _PROCESS.data_url != settings.data_redis_url:
+        from .connection import connect_data
+
+        _PROCESS.data = connect_data(settings, ride_out_outages=True)
+        _PROCESS.data_url = settings.data_redis_url
+    return _PROCESS.data

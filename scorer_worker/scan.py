@@ -10,7 +10,7 @@ from producer.wire import END_STATUSES
 from . import keys
 from .keys import LEVEL_FIELDS
 from .levels import Levels, levels_from_values
-from .scripts import registered
+from .scripts import run_chunked
 
 # Redis runs a script alone: a chunk of jobs blocks it for about a millisecond.
 SCAN_CHUNK_JOBS = 500
@@ -35,37 +35,52 @@ class Scan:
     behind_sink: int = 0
 
 
-def scan_levels(redis: Any, job_ids: list[str], flush_queue: str = "sink") -> Scan:
+def scan_levels(
+    redis: Any, job_ids: list[str], flush_queue: str = "sink", *, queue: Any = None
+) -> Scan:
     """Return the jobs among ``job_ids`` the pump may act on, with their levels.
 
     A job is returned when it has undrained events and no drain queued, a version the sink
     has not written and no flush queued, or an end and nothing left to drain or write (to
-    retire). The filtering runs in Redis (a script per chunk of jobs, the chunks
-    pipelined): idle jobs, and jobs whose tasks are already queued, cost no Python time,
-    which matters when a pump watches thousands of jobs.
+    retire). The queued markers are read from the queue side first (``MGET`` in chunks);
+    the filtering then runs on the data side (a script per chunk of jobs, one pipeline per
+    node): idle jobs, and jobs whose tasks are already queued, cost no Python time, which
+    matters when a pump watches thousands of jobs.
+
+    Args:
+        redis: the data side.
+        queue: the queue side (the markers); ``redis`` itself by default.
     """
-    script = registered(redis, "pump_scan")
-    args = [len(LEVEL_FIELDS), *LEVEL_FIELDS, *END_STATUSES]
-    chunks = [job_ids[i : i + SCAN_CHUNK_JOBS] for i in range(0, len(job_ids), SCAN_CHUNK_JOBS)]
-    pipe = redis.pipeline(transaction=False)
-    for chunk in chunks:
-        script(keys=[k for job in chunk for k in _scan_keys(job, flush_queue)], args=args,
-               client=pipe)  # fmt: skip
+    flags = queued_flags(queue if queue is not None else redis, job_ids, flush_queue)
+    args = [len(LEVEL_FIELDS), *LEVEL_FIELDS, len(END_STATUSES), *END_STATUSES]
+    replies = run_chunked(
+        redis, "pump_scan", job_ids, _scan_keys, args, chunk_jobs=SCAN_CHUNK_JOBS,
+        call_args=lambda indexes: ["".join(flags[i] for i in indexes)],
+    )  # fmt: skip
     scan = Scan()
-    for chunk, (scoring, sink, rows) in zip(chunks, pipe.execute() if chunks else [], strict=True):
+    for indexes, (scoring, sink, rows) in replies:
         scan.behind_scoring += int(scoring)
         scan.behind_sink += int(sink)
         for index, length, *values, drain_queued, flush_queued in rows:
             levels = levels_from_values(values, length)
-            job_id = chunk[index - 1]
+            job_id = job_ids[indexes[index - 1]]
             scan.work.append(JobWork(job_id, levels, bool(drain_queued), bool(flush_queued)))
     return scan
 
 
-def _scan_keys(job_id: str, flush_queue: str) -> list[str]:
+def queued_flags(queue: Any, job_ids: list[str], flush_queue: str) -> list[str]:
+    """A digit per job: bit 1 set when a drain is queued for it, bit 2 when a flush is."""
+    pipe = queue.pipeline(transaction=False)
+    for start in range(0, len(job_ids), SCAN_CHUNK_JOBS):
+        chunk = job_ids[start : start + SCAN_CHUNK_JOBS]
+        pipe.mget([keys.queued(job, name) for job in chunk
+                   for name in (keys.SCORING_QUEUE, flush_queue)])  # fmt: skip
+    values = [v for values in (pipe.execute() if job_ids else []) for v in values]
+    drains, flushes = values[0::2], values[1::2]
     return [
-        keys.events(job_id),
-        keys.meta(job_id),
-        keys.queued(job_id, keys.SCORING_QUEUE),
-        keys.queued(job_id, flush_queue),
+        str((d is not None) + 2 * (f is not None)) for d, f in zip(drains, flushes, strict=True)
     ]
+
+
+def _scan_keys(job_id: str) -> list[str]:
+    return [keys.events(job_id), keys.meta(job_id)]

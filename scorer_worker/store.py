@@ -82,13 +82,16 @@ class StateTransaction:
 
     Args:
         head: the head already read (None: the job has none); read here when not given.
+        wait: wait for replicas after the commit (:func:`~scorer_worker.commit.wait_option`).
     """
 
     def __init__(
-        self, redis: Any, job_id: str, profile: str = "default", head: Any = _UNREAD
-    ) -> None:
+        self, redis: Any, job_id: str, profile: str = "default", head: Any = _UNREAD,
+        wait: commits.Wait | None = None,
+    ) -> None:  # fmt: skip
         self.job_id = job_id
         self._redis = redis
+        self.wait = wait
         self._key = keys.state(job_id)
         if head is _UNREAD:
             head = redis.hget(self._key, HEAD_FIELD)
@@ -199,7 +202,8 @@ class StateTransaction:
         Raises:
             StateConflict: the state changed since it was read.
         """
-        if not commits.commit_all(self._redis, [self.prepare(dead_letters, **options)])[0]:
+        commit = self.prepare(dead_letters, **options)
+        if not commits.commit_all(self._redis, [commit], self.wait)[0]:
             raise StateConflict(f"state of {self.job_id} changed concurrently")
 
 

@@ -13,7 +13,7 @@ from .connection import task_connection
 from .dispatch import clear_markers, enqueue_many, for_each_job
 from .drain import DrainResult, drain_job
 from .levels import Levels, read_levels
-from .routes import process_flush_route, process_settings
+from .routes import process_data, process_flush_route, process_settings
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,9 @@ def drain_jobs(job_ids: list[str]) -> dict:
         PipelineError: when draining some job raised (after the others were drained).
     """
     settings = process_settings()
-    redis = task_connection(settings)
-    clear_markers(redis, keys.SCORING_QUEUE, job_ids)
+    queue = task_connection(settings)
+    redis = process_data(settings, queue)
+    clear_markers(queue, keys.SCORING_QUEUE, job_ids)
     deadline = time.monotonic() + settings.drain_budget_s
     results: dict[str, DrainResult] = {}  # kept even if some job fails
 
@@ -65,15 +66,16 @@ def drain_jobs(job_ids: list[str]) -> dict:
         for_each_job([*bulk.left, *bulk.failed], drain_rest, "drain")
     finally:  # even when some job failed, the others' flushes and follow-ups are asked for
         known = bulk.levels if bulk is not None else {}
-        _request_flushes(redis, known, [j for j in results if j not in known], settings)
+        others = [j for j in results if j not in known]
+        _request_flushes(queue, redis, known, others, settings)
         behind = [j for j, r in results.items() if not r.caught_up]
-        enqueue_many(redis, keys.SCORING_QUEUE, keys.DRAIN_JOBS_TASK, behind, settings)
+        enqueue_many(queue, keys.SCORING_QUEUE, keys.DRAIN_JOBS_TASK, behind, settings)
     events = sum(r.events for r in results.values())
     return {"jobs": len(job_ids), "events": events, "behind": len(behind)}
 
 
 def _request_flushes(
-    redis: Any, known: dict[str, Levels], others: list[str], settings: Settings
+    queue: Any, redis: Any, known: dict[str, Levels], others: list[str], settings: Settings
 ) -> None:
     # Workers are trusted processes; enqueueing here saves the sink a pump interval. The
     # pipelined drain already knows its jobs' levels; the others are read.
@@ -83,4 +85,4 @@ def _request_flushes(
     ordered = sorted(due, key=lambda job_id: not levels[job_id].eval_changed)  # evals first
     flush = process_flush_route()
     if flush is not None:  # else the pump asks for them on its next pass
-        enqueue_many(redis, flush.queue, flush.task, ordered, settings)
+        enqueue_many(queue, flush.queue, flush.task, ordered, settings)

@@ -10,7 +10,7 @@ say which node, so that work on many jobs is sent as one pipeline per node.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +56,12 @@ def masters(client: Any) -> list[Any]:
     if not is_cluster(client):
         return [client]
     return [client.get_redis_connection(node) for node in client.get_primaries()]
+
+
+def scan_masters(client: Any, match: str, type_name: str | None = None) -> Iterator[Any]:
+    """Every key matching ``match`` (of type ``type_name``), on every master."""
+    for master in masters(client):
+        yield from master.scan_iter(match=match, count=1000, _type=type_name)
 
 
 def node_groups(client: Any, job_ids: Sequence[str]) -> list[tuple[Any, list[int]]]:

@@ -6,7 +6,7 @@ import logging
 
 from scorer_worker.connection import task_connection
 from scorer_worker.dispatch import clear_markers, for_each_job
-from scorer_worker.routes import Route, process_settings
+from scorer_worker.routes import Route, process_data, process_settings
 
 from .flush import flush_job
 from .writers import writer_from_settings
@@ -36,8 +36,9 @@ def flush_jobs(job_ids: list[str]) -> dict:
         PipelineError: when flushing some job raised (after the others were flushed).
     """
     settings = process_settings()
-    redis = task_connection(settings)
-    clear_markers(redis, FLUSH.queue, job_ids)
+    queue = task_connection(settings)
+    redis = process_data(settings, queue)
+    clear_markers(queue, FLUSH.queue, job_ids)
     writer = writer_from_settings(settings)
     try:
         results = for_each_job(

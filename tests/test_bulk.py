@@ -41,28 +41,37 @@ def stored_summary(redis, job=JOB) -> str:
 @hyp_settings(max_examples=60, deadline=None)
 @given(run=runs(), data=st.data())
 def test_pipelined_drains_equal_the_pure_fold(run, data):
-    fake = fakeredis.FakeRedis()
+    check_pipelined_drains(fakeredis.FakeRedis(), run, data)
+
+
+def check_pipelined_drains(redis, run, data, other_job: str = "job-2") -> None:
+    """Two jobs drained in one task, in two parts (maybe out of order, maybe compacted
+    between): the states equal the pure fold, the summaries and decisions the reference.
+
+    Shared with the cluster variant (tests/test_cluster_data.py), where ``other_job`` lives
+    on another master than ``JOB``.
+    """
     settings = Settings(redis_url="redis://unused", drain_batch_events=data.draw(st.integers(1, 7)))
     events = run if data.draw(st.booleans()) else data.draw(st.permutations(run))
     other = [to_wire(e) for e in run]  # a second job in the same task, in order
     for e in other:
-        e["job_id"] = "job-2"
-    publish(fake, other, job="job-2")
+        e["job_id"] = other_job
+    publish(redis, other, job=other_job)
     cut = data.draw(st.integers(0, len(events)))
-    publish(fake, [to_wire(e) for e in events[:cut]])
-    drain_task(fake, [JOB, "job-2"], settings)
+    publish(redis, [to_wire(e) for e in events[:cut]])
+    drain_task(redis, [JOB, other_job], settings)
     if data.draw(st.booleans()):
-        compact_state(fake, JOB)
-    publish(fake, [to_wire(e) for e in events[cut:]])
-    results, _ = drain_task(fake, [JOB, "job-2"], settings)
+        compact_state(redis, JOB)
+    publish(redis, [to_wire(e) for e in events[cut:]])
+    results, _ = drain_task(redis, [JOB, other_job], settings)
     assert all(r.caught_up for r in results.values())
-    for job in (JOB, "job-2"):
-        state = load_state(fake, job)
+    for job in (JOB, other_job):
+        state = load_state(redis, job)
         assert state.fingerprint() == fold(run, job=job).fingerprint()
-        assert stored_summary(fake, job) == summarize(load_state(fake, job)).to_json()
-        assert fake.xlen(keys.events(job)) == 0
-        if load_state(fake, job).evals:
-            assert_decision_matches(fake, job)
+        assert stored_summary(redis, job) == summarize(load_state(redis, job)).to_json()
+        assert redis.xlen(keys.events(job)) == 0
+        if load_state(redis, job).evals:
+            assert_decision_matches(redis, job)
 
 
 def test_in_order_jobs_all_take_the_pipelined_path():
@@ -107,10 +116,10 @@ def test_a_job_committed_by_someone_else_meanwhile_is_redone_by_drain_job(monkey
 
     original = commits.commit_all
 
-    def racing_commit(redis, prepared):
+    def racing_commit(redis, prepared, wait=None):
         monkeypatch.setattr(commits, "commit_all", original)
         drain_job(redis, JOB, settings)  # another worker commits first
-        return original(redis, prepared)
+        return original(redis, prepared, wait)
 
     monkeypatch.setattr(commits, "commit_all", racing_commit)
     version_before = load_state(fake, JOB).version

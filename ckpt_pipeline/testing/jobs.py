@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import redis
@@ -77,16 +78,17 @@ def create_rows(sink_url: str, jobs: Iterable[Job], *, model_name: str) -> None:
         )
 
 
-def register(client: redis.Redis, jobs: Iterable[Job]) -> None:
-    """Register each job (its token, the active set), as ``ckpt-pipeline register`` does."""
+def register(client: redis.Redis, jobs: Iterable[Job], *, data: Any = None) -> None:
+    """Register each job (its token on the data side, ``data``, by default ``client``; the
+    active set on the queue side, ``client``), as ``ckpt-pipeline register`` does."""
     for job in jobs:
-        register_job(client, job.id, job.token)
+        register_job(client, job.id, job.token, data=data)
 
 
 def setup_jobs(
-    sink_url: str, client: redis.Redis, jobs: list[Job], *, model_name: str
+    sink_url: str, client: redis.Redis, jobs: list[Job], *, model_name: str, data: Any = None
 ) -> list[Job]:
     """What the platform does for each job: create the row, then register the job."""
     create_rows(sink_url, jobs, model_name=model_name)
-    register(client, jobs)
+    register(client, jobs, data=data)
     return jobs
