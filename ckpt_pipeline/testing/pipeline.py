@@ -42,6 +42,8 @@ class Pipeline:
             default a private ``redis-server`` in ``folder/redis``, started by :meth:`open`
             and stopped by :meth:`close`.
         redis_args: more ``redis-server`` arguments of the private server.
+        data_url: the data side (``CKPT_DATA_REDIS_URL``: a server or a cluster node) the
+            pipeline neither starts nor stops; by default the data lives on ``redis_url``.
         sink_url: the sink; by default a SQLite file, ``folder/jobs.db``. A SQLite sink gets
             the sink's schema at :meth:`open`.
         pumps: ``ckpt-pipeline pump`` processes.
@@ -64,6 +66,7 @@ class Pipeline:
         *,
         redis_url: str | None = None,
         redis_args: Iterable[str] = (),
+        data_url: str | None = None,
         sink_url: str | None = None,
         pumps: int = 1,
         scoring: int = 2,
@@ -85,6 +88,7 @@ class Pipeline:
             None if redis_url else LocalRedis(self.folder / "redis", extra_args=list(redis_args))
         )
         self.url = redis_url or self.server.url  # type: ignore[union-attr]
+        self.data_url = data_url
         self.sink_url = sink_url or f"sqlite:///{self.folder / 'jobs.db'}"
         self.db_path = sqlite_path(self.sink_url)
         self.model_name, self.token = model_name, token
@@ -95,7 +99,7 @@ class Pipeline:
             settings=settings,
             python_paths=python_paths,
             inherit_settings=inherit_settings,
-            extra=env,
+            extra={**({"CKPT_DATA_REDIS_URL": data_url} if data_url else {}), **(env or {})},
         )
         counts = {"pump": pumps, "scoring": scoring, "sink": sink}
         self.procs: dict[str, list[Proc]] = {
@@ -105,7 +109,8 @@ class Pipeline:
             ]
             for role in ROLES
         }
-        self.client: redis.Redis | None = None
+        self.client: redis.Redis | None = None  # the queue side
+        self.data: Any = None  # the data side: ``client`` itself, or a client of ``data_url``
 
     def command(self, role: str) -> list[str]:
         """The command a role's processes run: the Procfile's, with the class overrides."""
@@ -123,6 +128,12 @@ class Pipeline:
             self.folder.mkdir(parents=True, exist_ok=True)
             self.server.start()
         self.client = redis.Redis.from_url(self.url)
+        self.data = self.client
+        if self.data_url:
+            from scorer_worker.connection import connect_data
+            from scorer_worker.settings import Settings
+
+            self.data = connect_data(Settings(redis_url=self.url, data_redis_url=self.data_url))
         if self.db_path is not None:
             ensure_sqlite_schema(self.db_path)
         return self
@@ -167,7 +178,9 @@ class Pipeline:
         if self.client is not None:
             with contextlib.suppress(redis.RedisError):
                 self.client.close()
-            self.client = None
+                if self.data is not self.client:
+                    self.data.close()
+            self.client = self.data = None
         if self.server is not None:
             self.server.stop()
 
@@ -218,15 +231,17 @@ class Pipeline:
         """Create the jobs' ``pending`` rows in the sink and register them, as the platform
         would; a job given by its id alone gets the pipeline's ``token``."""
         found = [job if isinstance(job, Job) else Job(job, self.token) for job in jobs]
-        setup_jobs(self.sink_url, self._client(), found, model_name=self.model_name)
+        setup_jobs(
+            self.sink_url, self._client(), found, model_name=self.model_name, data=self._data()
+        )
 
     def levels(self, job_ids: list[str]) -> Levels:
         """The jobs still behind the scorer or the sink (:func:`convergence.levels`)."""
-        return levels(self._client(), job_ids)
+        return levels(self._data(), job_ids)
 
     def job_levels(self, job_ids: list[str]) -> list[JobLevel]:
         """Per job: committed cursor, version, written version, status."""
-        return job_levels(self._client(), job_ids)
+        return job_levels(self._data(), job_ids)
 
     def caught_up(self, last_ids: dict[str, str], written: bool = True) -> bool:
         """True when every job's committed cursor reached its last entry (and, with
@@ -236,9 +251,13 @@ class Pipeline:
             RuntimeError: a process exited (waiting on would be in vain).
         """
         self.check_alive()
-        return caught_up(self._client(), last_ids, written=written)
+        return caught_up(self._data(), last_ids, written=written)
 
     def _client(self) -> redis.Redis:
         if self.client is None:
             raise RuntimeError("the pipeline is not open: use `with Pipeline(...)` or open()")
         return self.client
+
+    def _data(self) -> Any:
+        self._client()
+        return self.data
