@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from ckpt_pipeline.testing.local_cluster import LocalCluster
 from ckpt_pipeline.testing.local_postgres import LocalPostgres
 from ckpt_pipeline.testing.local_redis import LocalRedis, free_port
 from ckpt_pipeline.testing.pipeline import Pipeline
@@ -56,6 +57,21 @@ def make_redis(tmp_path: Path) -> Iterator[Callable[..., LocalRedis]]:
 
 
 @pytest.fixture
+def make_cluster(tmp_path: Path) -> Iterator[Callable[..., LocalCluster]]:
+    """Start private Redis Clusters (3 masters, 3 replicas, AOF ``everysec``) for the data side."""
+    clusters: list[LocalCluster] = []
+
+    def make(name: str = "cluster") -> LocalCluster:
+        cluster = LocalCluster(tmp_path / name)
+        clusters.append(cluster.start())
+        return cluster
+
+    yield make
+    for cluster in clusters:
+        cluster.stop()
+
+
+@pytest.fixture
 def chaos_redis(make_redis: Callable[..., LocalRedis]) -> LocalRedis:
     """The experiment's redis-server (AOF on, fixed port)."""
     return make_redis("redis")
@@ -82,6 +98,7 @@ def make_pipeline(tmp_path: Path) -> Iterator[Callable[..., Pipeline]]:
         probes: bool = False,
         scoring: int = 2,
         sink: int = 2,
+        data_url: str | None = None,
         **tunables: object,
     ) -> Pipeline:
         probe_dir = tmp_path / "probes" if probes else None
@@ -90,6 +107,7 @@ def make_pipeline(tmp_path: Path) -> Iterator[Callable[..., Pipeline]]:
         pipeline = Pipeline(
             tmp_path,
             redis_url=redis_url,
+            data_url=data_url,
             sink_url=sink_url,
             scoring=scoring,
             sink=sink,

@@ -49,9 +49,10 @@ def probe_options(probe_dir: Path | None, tunables: Mapping[str, Any]) -> dict[s
     return {"settings": settings, "python_paths": [INJECT_DIR] if probed else []}
 
 
-def setup_jobs(pg_url: str, client: redis.Redis, jobs: list[Job]) -> list[Job]:
-    """What the platform does for each job: create the row, register the job."""
-    return platform_jobs.setup_jobs(pg_url, client, jobs, model_name=MODEL_NAME)
+def setup_jobs(pg_url: str, client: redis.Redis, jobs: list[Job], data: Any = None) -> list[Job]:
+    """What the platform does for each job: create the row, register the job (the index on
+    ``client``, the queue side; the token on ``data``, the data side, by default ``client``)."""
+    return platform_jobs.setup_jobs(pg_url, client, jobs, model_name=MODEL_NAME, data=data)
 
 
 def dead_letter_count(client: redis.Redis) -> int:

@@ -56,8 +56,8 @@ def chaos_seed() -> int:
     return seed
 
 
-def publish_gradually(url: str, jobs, events, done: threading.Event) -> None:
-    client = redis.Redis.from_url(url)
+def publish_gradually(open_client, jobs, events, done: threading.Event) -> None:
+    client = open_client()  # a client of its own, on the data side
     try:
         for start in range(0, EVENTS_PER_JOB, CHUNK):
             for job in jobs:
@@ -68,9 +68,20 @@ def publish_gradually(url: str, jobs, events, done: threading.Event) -> None:
         done.set()
 
 
+def data_side(server, make_cluster, topology: str):
+    """(data URL or None, a function opening a data-side client) for the experiment."""
+    if topology == "one-server":
+        return None, lambda: redis.Redis.from_url(server.url)
+    cluster = make_cluster("cluster")
+    return cluster.url, cluster.client
+
+
+@pytest.mark.parametrize("topology", ["one-server", "cluster"])
 def test_crash_anywhere_rows_equal_a_fault_free_run(
-    make_redis, make_database, make_pipeline, tmp_path
+    make_redis, make_database, make_pipeline, make_cluster, tmp_path, topology
 ):
+    """The same experiment with every job's data on one server, or on a 3-master Redis
+    Cluster (the queue side then stays on the server); both against one fault-free run."""
     seed = chaos_seed()
     rng = random.Random(seed)
     jobs = make_jobs(JOBS, seed)
@@ -84,15 +95,17 @@ def test_crash_anywhere_rows_equal_a_fault_free_run(
     reference_redis.stop()
 
     server, db = make_redis("redis"), make_database("crash")
-    client = redis.Redis.from_url(server.url)
-    setup_jobs(db, client, jobs)
+    client = redis.Redis.from_url(server.url)  # the queue side
+    data_url, open_data = data_side(server, make_cluster, topology)
+    data = open_data()
+    setup_jobs(db, client, jobs, data=data)
     count_writes(db)
     slow_writes(db, fraction=0.3, seconds=0.4)
-    pipeline = make_pipeline(server.url, db, probes=True, **FAST)
-    chaos = Chaos(pipeline, client, tmp_path / "probes", rng, ids)
+    pipeline = make_pipeline(server.url, db, probes=True, data_url=data_url, **FAST)
+    chaos = Chaos(pipeline, data, tmp_path / "probes", rng, ids)
     published = threading.Event()
     publisher = threading.Thread(
-        target=publish_gradually, args=(server.url, jobs, events, published), daemon=True
+        target=publish_gradually, args=(open_data, jobs, events, published), daemon=True
     )
     run_start = time.monotonic()
     publisher.start()
@@ -106,15 +119,15 @@ def test_crash_anywhere_rows_equal_a_fault_free_run(
         time.sleep(rng.uniform(0.2, 0.8))
         chaos.kill(rng.choice(["pump", "scoring", "sink"]))
     publisher.join()
-    backlog = levels(client, ids)
-    undrained = sum(client.xlen(keys.events(job_id)) for job_id in ids)
+    backlog = levels(data, ids)
+    undrained = sum(data.xlen(keys.events(job_id)) for job_id in ids)
 
-    converge_s = wait_converged(client, ids, timeout_s=60)
+    converge_s = wait_converged(data, ids, timeout_s=60)
     since_last_fault = time.monotonic() - chaos.last_fault
     run_s = time.monotonic() - run_start
     exited = pipeline.exited()
     comparison = compare_runs(db, reference_db, ids)
-    dead = dead_letter_count(client)
+    dead = dead_letter_count(data)
     failed = sum(len(FailedJobRegistry(q, connection=client)) for q in ("scoring", "sink"))
     # Idle now, so whatever RQ still lists as started was held by a killed worker.
     abandoned = sum(len(StartedJobRegistry(q, connection=client)) for q in ("scoring", "sink"))
@@ -125,9 +138,10 @@ def test_crash_anywhere_rows_equal_a_fault_free_run(
     kills = pipeline.kills()
 
     record(
-        "1-crash-anywhere",
+        "1-crash-anywhere" + ("" if topology == "one-server" else "-cluster"),
         {
-            "title": "Crash anywhere",
+            "title": "Crash anywhere"
+            + ("" if topology == "one-server" else " (data on a 3-master Redis Cluster)"),
             "seed": seed,
             "jobs": JOBS,
             "events_per_job": EVENTS_PER_JOB,
