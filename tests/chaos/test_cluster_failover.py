@@ -190,6 +190,8 @@ def test_a_killed_master_is_replaced_and_rows_match_the_surviving_events(
             "converge_wait_seconds": round(converge_s, 1),
             "publisher_rounds_retried": publisher.retried_rounds,
             "acked_events_lost": sum(lost.values()),
+            "lost": sum(lost.values()),  # the summary table's column: acknowledged, then gone
+            "duplicates": comparison.duplicate_metric_rows,
             "jobs_with_lost_events": sum(1 for n in lost.values() if n),
             "rows_backwards": len(watcher.backwards),
             "row_polls": watcher.polls,
