@@ -22,13 +22,17 @@ MIN_SECRET_CHARS = 4  # a shorter "secret" would blank out ordinary words
 
 # scheme://user:password@ : the password is anything up to the "@" before the host.
 _URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)[^\s/@]+@")
+# A URL's ``password=`` query values (``?password=``, ``&sentinel_password=``): redis-py and
+# libpq take passwords there too, and a ``redis+sentinel://`` URL names the sentinels' one so.
+_QUERY_PASSWORD = re.compile(r"(?i)(?P<head>[?&][A-Za-z0-9_.-]*password=)[^&#\s]+")
 # C0 controls but tab and newline, DEL, and C1 controls (ESC starts ANSI/OSC sequences).
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _CONTROL_ALL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
-    """Return ``text`` with every secret of ``secrets`` and every URL password replaced.
+    """Return ``text`` with every secret of ``secrets`` and every URL password (``user:password@``
+    and ``password=`` query values) replaced.
 
     Args:
         text: what is about to be shown or stored.
@@ -43,7 +47,8 @@ def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
             continue
         for form in {secret, quote(secret, safe="")}:
             text = text.replace(form, MASK)
-    return _URL_PASSWORD.sub(lambda m: f"{m.group('head')}{MASK}@", text)
+    text = _URL_PASSWORD.sub(lambda m: f"{m.group('head')}{MASK}@", text)
+    return _QUERY_PASSWORD.sub(lambda m: f"{m.group('head')}{MASK}", text)
 
 
 def redact_value(value: object, secrets: Iterable[str | None] = ()) -> object:

@@ -4,6 +4,10 @@
 the middle of a task (RQ expects a supervisor to restart them), so the Procfile runs them
 with ``--connection-class scorer_worker.connection.RetryingRedis`` and they wait for Redis
 instead.
+
+``REDIS_URL`` (the queue side) may also be a ``redis+sentinel://`` URL
+(:mod:`scorer_worker.sentinel`): every client opened here then follows the primary the
+sentinels name, and the retry policy carries commands over a failover.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from redis.cluster import RedisCluster
 from redis.retry import Retry
 from rq import get_current_job
 
+from .sentinel import close_client, is_sentinel_url, sentinel_client
 from .settings import Settings
 from .topology import cluster_enabled
 
@@ -55,18 +60,26 @@ class RetryingRedis(redis.Redis):
         """Open a client for ``url`` that retries through an outage.
 
         Args:
-            url: the Redis URL.
+            url: the Redis URL: ``redis://``, ``rediss://``, ``unix://``, or
+                ``redis+sentinel://`` (a client of the sentinel-managed primary: a retried
+                command asks the sentinels again, so it reaches a newly promoted primary).
             settings: where ``redis_retry_s`` comes from when no ``retry`` is given.
-            kwargs: passed to ``redis.Redis.from_url``; a ``retry`` given here is used as is.
+            kwargs: passed to ``redis.Redis.from_url`` (or, for a sentinel URL, to the
+                primary's connections); a ``retry`` given here is used as is.
 
         With neither ``retry`` nor ``settings`` (RQ's ``--connection-class``: its CLI calls
         ``from_url(url)`` and nothing more, before the worker class, which builds the
         process's settings, exists), the settings are read from the environment: that call
         is the one place this class reads it.
+
+        Raises:
+            SentinelURLError: a ``redis+sentinel://`` URL that does not parse.
         """
         if "retry" not in kwargs:
             source = settings if settings is not None else Settings.from_env()
             kwargs["retry"] = outage_retry(source.redis_retry_s)
+        if is_sentinel_url(url):
+            return sentinel_client(url, redis_class=cls, **kwargs)
         return super().from_url(url, **kwargs)
 
 
@@ -74,9 +87,14 @@ def connect(settings: Settings, *, ride_out_outages: bool = False) -> redis.Redi
     """Open a Redis client for ``settings.redis_url`` with health checks and timeouts.
 
     Args:
-        settings: the URL, and how long long-running processes wait through an outage.
+        settings: the URL (``redis+sentinel://`` included: the client follows the primary),
+            and how long long-running processes wait through an outage.
         ride_out_outages: retry through an outage of ``settings.redis_retry_s`` (for the
-            pump and the all-in-one worker); one-shot commands fail fast instead.
+            pump and the all-in-one worker; a Sentinel failover is such an outage, a few
+            seconds long); one-shot commands fail fast instead.
+
+    Raises:
+        SentinelURLError: a ``redis+sentinel://`` URL that does not parse.
     """
     options: dict[str, Any] = {
         "socket_timeout": 10,
@@ -86,7 +104,14 @@ def connect(settings: Settings, *, ride_out_outages: bool = False) -> redis.Redi
     }
     if ride_out_outages:
         return RetryingRedis.from_url(settings.redis_url, settings=settings, **options)
-    return redis.Redis.from_url(settings.redis_url, **options)
+    return _plain_client(settings.redis_url, **options)
+
+
+def _plain_client(url: str, **options: Any) -> redis.Redis:
+    """A ``redis.Redis`` (redis-py's own retry policy) for ``url``, sentinel form included."""
+    if is_sentinel_url(url):
+        return sentinel_client(url, **options)
+    return redis.Redis.from_url(url, **options)
 
 
 def connect_data(settings: Settings, queue: Any = None, *, ride_out_outages: bool = False) -> Any:
@@ -120,17 +145,22 @@ def probe(settings: Settings, timeout_s: float = PROBE_TIMEOUT_S) -> None:
     For commands that would otherwise wait silently through an outage (``work --burst``
     rides it out for ``redis_retry_s``): they say at once that Redis is not there.
 
+    Behind Sentinel the step that can hang is also the question to the sentinels: each is
+    asked with the URL's ``sentinel_timeout_s`` (0.5 s by default), the next one on a timeout.
+
     Raises:
-        redis.ConnectionError: Redis refused the connection or did not accept it in time.
+        redis.ConnectionError: Redis refused the connection or did not accept it in time;
+            behind Sentinel, also no sentinel naming a primary (``MasterNotFoundError``).
         redis.TimeoutError: Redis accepted the connection but did not answer in time.
+        SentinelURLError: a ``redis+sentinel://`` URL that does not parse.
     """
-    client = redis.Redis.from_url(
+    client = _plain_client(
         settings.redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
     )
     try:
         client.ping()
     finally:
-        client.close()
+        close_client(client)
 
 
 def task_connection(settings: Settings) -> Any:

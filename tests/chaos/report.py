@@ -18,6 +18,7 @@ from typing import Any
 from ckpt_pipeline.testing.processes import REPO
 
 from .faults import TARGETED_PHASES
+from .report_failover import sentinel_failover
 from .report_text import Figures, _lost, _n
 from .report_topology import cluster_failover, crash_on_a_cluster
 
@@ -257,6 +258,10 @@ EXPERIMENTS: list[tuple[str, str, str, Callable[[Figures], list[str]]]] = [
      "Nothing lost, nothing counted twice", crash_on_a_cluster),
     ("6-cluster-failover", "10. A cluster master killed under load",
      "No state goes backwards; what a failover loses is counted", cluster_failover),
+    ("11-sentinel-failover-separate", "11. Sentinel failover of the queue side",
+     "No lost wake-up", sentinel_failover),
+    ("11-sentinel-failover-queue", "11b. Sentinel failover, the data on the same primary",
+     "No lost wake-up", sentinel_failover),
 ]  # fmt: skip
 
 NOT_COVERED = """\

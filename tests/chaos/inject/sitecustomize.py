@@ -18,6 +18,9 @@ only acts on the pids of the workers it started:
   A fraction (``CKPT_CHAOS_TASK_START_P``) of tasks create ``<pid>.task-start`` and linger
   before they clear their queued marker: a kill then lands after the worker took the task
   from the queue and before the task started, the window in which a dead worker holds it.
+* ``CKPT_CHAOS_TASK_LOG_DIR``: every RQ task enqueued (once Redis acknowledged it) and every
+  task started is appended to ``<pid>.tasks.jsonl`` there (time, queue, RQ id, the jobs it
+  covers), so an experiment can count tasks a failover lost or ran twice.
 * ``CKPT_CHAOS_POISON``: an ``eval`` event whose metrics hold ``chaos_poison`` makes scoring
   raise (a stand-in for a scoring bug), to exercise poison-event handling.
 """
@@ -101,6 +104,37 @@ def _install_poison() -> None:
     state._APPLY["eval"] = poisoned
 
 
+def _install_task_log(folder: Path) -> None:
+    """Log every task enqueued (after Redis acknowledged it) and every task started."""
+    import json
+
+    from rq.job import Job
+    from rq.queue import Queue
+
+    enqueue, perform = Queue.enqueue, Job.perform
+
+    def note(what: str, queue: str, task: str, args: tuple) -> None:
+        jobs = args[0] if args and isinstance(args[0], list) else []
+        line = {"at": time.time(), "what": what, "queue": queue, "task": task, "jobs": jobs}
+        # One short append per record: O_APPEND keeps lines whole between processes.
+        with open(folder / f"{os.getpid()}.tasks.jsonl", "a") as log:
+            log.write(json.dumps(line) + "\n")
+
+    def logged_enqueue(self, f, *args, **kwargs):
+        job = enqueue(self, f, *args, **kwargs)
+        note("enqueue", self.name, job.id, args)
+        return job
+
+    def logged_perform(self):
+        note("start", self.origin, self.id, tuple(self.args))
+        return perform(self)
+
+    Queue.enqueue = logged_enqueue
+    Job.perform = logged_perform
+
+
+if os.environ.get("CKPT_CHAOS_TASK_LOG_DIR"):
+    _install_task_log(Path(os.environ["CKPT_CHAOS_TASK_LOG_DIR"]))
 if os.environ.get("CKPT_CHAOS_PROBE_DIR"):
     _install_probes(Path(os.environ["CKPT_CHAOS_PROBE_DIR"]))
 if os.environ.get("CKPT_CHAOS_POISON"):
