@@ -149,7 +149,7 @@ def replay(job_id: str, output_dir: str) -> None:
     settings = _settings()
     events = run_events(job_id, output_dir, ts=time.time())  # the whole folder is read first
     probe(settings)  # Redis down: say so now, rather than spool the whole run
-    publisher = EventPublisher(job_id, settings.redis_url)
+    publisher = EventPublisher(job_id, settings.data_url)
     for event in events:
         # Waits while the queue is full: a long run has more events than the queue holds, and
         # publish() (made for the training loop, which must never wait) would drop them.
@@ -181,6 +181,7 @@ def pump(burst: bool, shard: str) -> None:
     from scorer_worker.pump import Pump
     from sink.tasks import FLUSH
 
+    from .acl_commands import with_pod_users
     from .worker import tune_gc
 
     index, _, count = shard.partition("/")
@@ -188,8 +189,9 @@ def pump(burst: bool, shard: str) -> None:
     redis = _redis(settings, ride_out_outages=not burst)
     lifecycle = _pod_lifecycle(redis, background=not burst)
     data = _data(settings, redis, ride_out_outages=not burst)
+    after_pass = with_pod_users(lifecycle, settings, redis, data)  # + the pods' ACL users
     reconciler = Pump(
-        redis, settings, int(index), int(count or 1), after_pass=lifecycle, flush=FLUSH,
+        redis, settings, int(index), int(count or 1), after_pass=after_pass, flush=FLUSH,
         data=data,
     )  # fmt: skip
     if burst:
@@ -209,6 +211,7 @@ def work(burst: bool) -> None:
     """Run the pump and a scoring and a sink worker in one process."""
     from scorer_worker.connection import PROBE_TIMEOUT_S, probe
 
+    from .acl_commands import with_pod_users
     from .runner import run_all_in_one
 
     settings = _settings()
@@ -225,7 +228,8 @@ def work(burst: bool) -> None:
     redis = _redis(settings, ride_out_outages=True)
     lifecycle = _pod_lifecycle(redis, background=not burst)  # on_end, as the pump applies it
     data = _data(settings, redis, ride_out_outages=True)
-    passes = run_all_in_one(redis, settings, burst=burst, after_pass=lifecycle, data=data)
+    after_pass = with_pod_users(lifecycle, settings, redis, data)  # + the pods' ACL users
+    passes = run_all_in_one(redis, settings, burst=burst, after_pass=after_pass, data=data)
     if burst:
         click.echo(f"work: idle after {passes} passes")
 
@@ -331,7 +335,7 @@ def spool_flush(directory: str, timeout_s: float) -> None:
 
     settings = _settings()
     _check_spool_dir(directory)
-    results = flush_spool_dir(directory, settings.redis_url, timeout_s=timeout_s)
+    results = flush_spool_dir(directory, settings.data_url, timeout_s=timeout_s)
     if not results:
         click.echo(f"no spool files in {directory}")
     for job_id, left in results.items():
@@ -365,9 +369,11 @@ def _check_spool_dir(directory: str) -> None:
 
 
 def _register_command_groups() -> None:
+    from .acl_commands import acl
     from .deadletters_cli import dead
     from .remote_commands import remote
 
+    main.add_command(acl)
     main.add_command(dead)
     main.add_command(remote)
 

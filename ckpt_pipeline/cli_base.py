@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sys
 from typing import Any
@@ -92,12 +93,34 @@ def _redis_reason(exc: RedisError) -> str:
 
 
 def _create_pod_credentials(settings: Settings, redis: Any, job_id: str) -> Any:
-    from remote.credentials import create_pod_user
-    from scorer_worker.registry import record_pod_user
+    """Create (or rotate) the pod user of ``job_id`` on every node of the data side ``redis``.
 
-    credentials = create_pod_user(redis, job_id, settings.pod_url)
+    Recorded first, so that the pump's reconciliation completes it rather than deleting it.
+    If a master does not take it, nothing is left: the error names the master.
+    """
+    from remote.credentials import new_pod_credentials
+    from scorer_worker.acl import install_pod_user
+    from scorer_worker.registry import drop_pod_user, record_pod_user
+
+    credentials = new_pod_credentials(job_id, settings.pod_url)
     record_pod_user(redis, job_id, credentials.username, credentials.password)
+    try:
+        install_pod_user(redis, job_id, credentials.password, _pod_user_policy())
+    except Exception:
+        try:  # no pod holds these credentials: no node should either
+            drop_pod_user(redis, job_id)
+        except Exception as exc:  # the reconciliation deletes what is left
+            logging.getLogger(__name__).warning("pod user of %s not dropped: %s", job_id, exc)
+        raise
     return credentials
+
+
+def _pod_user_policy() -> Any:
+    """The pod users' names and ACL rules (``remote.credentials``), for ``scorer_worker.acl``."""
+    from remote.credentials import job_of_pod_username, pod_acl_rules, pod_username
+    from scorer_worker.acl import PodUserPolicy
+
+    return PodUserPolicy(pod_username, job_of_pod_username, pod_acl_rules)
 
 
 def _pod_lifecycle(redis: Any, *, background: bool) -> Any:

@@ -72,7 +72,7 @@ class CheckpointEventsCallback(TrainerCallback):
 
     Args:
         job_id: the job; defaults to ``$JOB_ID``.
-        redis_url: defaults to ``$REDIS_URL``.
+        redis_url: defaults to ``$CKPT_DATA_REDIS_URL``, then ``$REDIS_URL``.
         publisher: an existing publisher (its owner closes it); else one is made on rank zero.
         spool_dir: spool folder for a publisher made here.
         close_timeout_s: how long the end of training may wait to hand events over.
@@ -308,8 +308,10 @@ class CheckpointEventsCallback(TrainerCallback):
                 from redis.backoff import NoBackoff
                 from redis.retry import Retry
 
+                from .publisher import open_redis  # a cluster client on a cluster node
+
                 timeout = min(DECISION_SOCKET_TIMEOUT_S, max(self.decision_timeout_s, 0.05))
-                self._reader = redis.Redis.from_url(
+                self._reader = open_redis(
                     self.publisher.redis_url,
                     socket_timeout=timeout,
                     socket_connect_timeout=timeout,

@@ -40,7 +40,8 @@ class EventPublisher:
 
     Args:
         job_id: the job; defaults to ``$JOB_ID``.
-        redis_url: defaults to ``$REDIS_URL``, then ``redis://localhost:6379/0``.
+        redis_url: defaults to ``$REDIS_URL``, then ``redis://localhost:6379/0``; any node of
+            a Redis Cluster will do (:func:`open_redis` finds the cluster).
         spool_dir: where undeliverable events wait; defaults to :func:`default_spool_dir`.
         max_queue_events: memory bound; events published beyond it are counted as dropped.
         batch_max_events: events per pipelined XADD round.
@@ -69,7 +70,13 @@ class EventPublisher:
     ) -> None:
         self.job_id = job_id or os.environ.get("JOB_ID", "")
         self.key = stream_key(self.job_id)
-        self.redis_url = redis_url or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+        # Producers publish to the data side: CKPT_DATA_REDIS_URL when the sides are split.
+        self.redis_url = (
+            redis_url
+            or os.environ.get("CKPT_DATA_REDIS_URL")
+            or os.environ.get("REDIS_URL")
+            or DEFAULT_REDIS_URL
+        )
         self.spool = Spool(spool_dir or default_spool_dir(), self.job_id)
         self.max_queue_events = max_queue_events
         self.batch_max_events = batch_max_events
@@ -290,14 +297,40 @@ class EventPublisher:
 
     def _redis(self) -> Any:
         if self._client is None:
-            import redis  # imported here so that building events needs no redis package
-
-            self._client = redis.Redis.from_url(
+            self._client = open_redis(
                 self.redis_url,
                 socket_timeout=self.socket_timeout_s,
                 socket_connect_timeout=self.socket_timeout_s,
             )
         return self._client
+
+
+def open_redis(url: str, **options: Any) -> Any:
+    """Open a client of ``url``: a ``RedisCluster`` when the server is a Redis Cluster node.
+
+    The server is asked with ``CLUSTER SLOTS``, which a cluster client runs first anyway. A
+    plain server refuses it, and so does a pod's user on a plain server (its ACL grants it on
+    a cluster only, for this): the plain client is kept. Any other failure (Redis down) is
+    raised, so the caller spools and asks again later.
+
+    Args:
+        url: the Redis URL (the pod's carries its user and password).
+        **options: ``redis.Redis`` / ``RedisCluster`` options (timeouts).
+    """
+    import redis  # imported here so that building events needs no redis package
+
+    client = redis.Redis.from_url(url, **options)
+    try:
+        client.execute_command("CLUSTER", "SLOTS")
+    except redis.ResponseError:
+        return client  # a plain server: this client is the one
+    except BaseException:
+        client.close()
+        raise
+    client.close()  # a cluster node: the cluster client opens its own connections
+    from redis.cluster import RedisCluster
+
+    return RedisCluster.from_url(url, **options)
 
 
 def flush_spool_dir(

@@ -15,6 +15,14 @@ and ``HMGET`` on the stream are refused too. Everything else stays denied: no ot
 (``XADD ... MAXLEN 0`` trims, so no shared key may be writable), no ``rq:*`` (RQ runs any
 dotted name it finds in a job: queue access is code execution on the workers), no scripting,
 no MULTI, no CONFIG, no KEYS/SCAN, no ACL or CLIENT commands, no channels.
+
+On a Redis Cluster the pod's client must find the node that holds its job's slot, so a pod
+user made for a cluster (``cluster=True``) may also run the three keyless commands redis-py's
+``RedisCluster`` sends on its own (:data:`CLUSTER_DISCOVERY_RULES`); none reads or writes a
+key, and the key rules above still apply to everything else.
+
+ACL users are per server. This module makes one user on one server; the trusted side puts it
+on every node of the data side (``scorer_worker.acl``), with the rules given here.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from producer.wire import decision_key, stream_key
+from producer.wire import decision_key, is_valid_job_id, stream_key
 
 POD_USER_PREFIX = "ckpt-pod-"
 
@@ -52,33 +60,52 @@ def pod_username(job_id: str) -> str:
     return f"{POD_USER_PREFIX}{job_id}"
 
 
-def pod_acl_rules(job_id: str) -> list[str]:
+def job_of_pod_username(username: str) -> str | None:
+    """Return the job whose pod user ``username`` is, or None for any other user."""
+    job_id = username.removeprefix(POD_USER_PREFIX)
+    return job_id if username.startswith(POD_USER_PREFIX) and is_valid_job_id(job_id) else None
+
+
+# What redis-py's RedisCluster runs by itself, and nothing more (each found missing with a
+# real pod client against a real cluster): CLUSTER SLOTS to learn which node holds which
+# slots (at start, and again after a MOVED or a failed node), COMMAND to learn where each
+# command's keys are (read once, when the client is made), and ASKING, sent before a command
+# redirected by ASK while its slot migrates to a new node. They reveal the cluster's node
+# addresses and the command table, which is public; CLUSTER NODES, SETSLOT, RESET, FAILOVER
+# and every other subcommand stay denied.
+CLUSTER_DISCOVERY_RULES = ("+cluster|slots", "+command", "+asking")
+
+
+def pod_acl_rules(job_id: str, *, cluster: bool = False) -> list[str]:
     """Return the ``ACL SETUSER`` rules of ``job_id``'s pod user, without its password.
 
     ``reset`` first (off, no password, no keys, no channels, no commands, no selectors), then
     the two grants of the module docstring. ``%W~`` suffices for ``XADD`` (it inserts, it does
     not return data) and ``%R~`` for ``HMGET``; each command is granted only beside its key.
 
+    Args:
+        job_id: the job.
+        cluster: the user is for a node of a Redis Cluster: add
+            :data:`CLUSTER_DISCOVERY_RULES`, which the pod's cluster client needs.
+
     Raises:
         ValueError: if ``job_id`` is not a valid job id.
     """
+    discovery = list(CLUSTER_DISCOVERY_RULES) if cluster else []
     return [
         "reset",
         "on",
         f"%W~{stream_key(job_id)}",
         "+xadd",
+        *discovery,
         f"(%R~{decision_key(job_id)} +hmget)",
     ]
 
 
-def create_pod_user(redis: Any, job_id: str, public_redis_url: str) -> PodCredentials:
-    """Create (or rotate) the pod user of ``job_id`` with a fresh password.
-
-    The user may XADD to the job's stream and HMGET the job's decision, nothing else (see
-    :func:`pod_acl_rules`). Rotating resets every earlier permission and password.
+def new_pod_credentials(job_id: str, public_redis_url: str) -> PodCredentials:
+    """Choose the user name and a fresh password of ``job_id``'s pod (no Redis call).
 
     Args:
-        redis: a client with ACL administration rights (Redis 7 or later: ACL selectors).
         job_id: the job.
         public_redis_url: the Redis address as the pod reaches it; its credentials are replaced.
 
@@ -87,12 +114,38 @@ def create_pod_user(redis: Any, job_id: str, public_redis_url: str) -> PodCreden
     """
     password = secrets.token_urlsafe(32)
     username = pod_username(job_id)
-    rules = pod_acl_rules(job_id)
-    # The password goes right after reset, which clears passwords. This command carries the
+    return PodCredentials(
+        job_id, username, password, with_credentials(public_redis_url, username, password)
+    )
+
+
+def create_pod_user(
+    redis: Any, job_id: str, public_redis_url: str, *, cluster: bool = False
+) -> PodCredentials:
+    """Create (or rotate) the pod user of ``job_id`` on one server, with a fresh password.
+
+    The user may XADD to the job's stream and HMGET the job's decision, nothing else (see
+    :func:`pod_acl_rules`). Rotating resets every earlier permission and password. For a data
+    side of several nodes (a Redis Cluster), ``scorer_worker.acl.install_pod_user`` puts the
+    user on each of them.
+
+    Args:
+        redis: a client with ACL administration rights (Redis 7 or later: ACL selectors).
+        job_id: the job.
+        public_redis_url: the Redis address as the pod reaches it; its credentials are replaced.
+        cluster: ``redis`` is a node of a Redis Cluster (see :func:`pod_acl_rules`).
+
+    Returns:
+        The credentials; ``redis_url`` carries the user and password for the pod.
+    """
+    credentials = new_pod_credentials(job_id, public_redis_url)
+    rules = pod_acl_rules(job_id, cluster=cluster)
+    # The password goes after reset, which clears passwords. This command carries the
     # password: it is sent, never logged.
-    redis.execute_command("ACL", "SETUSER", username, rules[0], f">{password}", *rules[1:])
-    url = with_credentials(public_redis_url, username, password)
-    return PodCredentials(job_id, username, password, url)
+    redis.execute_command(
+        "ACL", "SETUSER", credentials.username, *rules, f">{credentials.password}"
+    )
+    return credentials
 
 
 def delete_pod_user(redis: Any, job_id: str) -> bool:

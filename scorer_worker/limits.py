@@ -23,6 +23,7 @@ from typing import Any
 from producer.wire import as_text
 
 from . import keys
+from .acl import disable_pod_user
 from .keys import MetaField
 from .scripts import per_job, run_chunked
 from .settings import Settings
@@ -159,11 +160,12 @@ def cut_off_job(redis: Any, job_id: str, reason: str, pod_user: str | None = Non
     """Cut a job off: disable its pod user, close its connections, record the reason.
 
     The user goes first, so nothing more arrives once the reason is recorded; the next drain
-    folds the cut-off into the state and frees the backlog.
+    folds the cut-off into the state and frees the backlog. ``redis`` is the data side: the
+    user is disabled on every node (a node that does not answer is left to the pump's
+    reconciliation, which disables the users of cut-off jobs).
     """
-    if pod_user and redis.acl_getuser(pod_user) is not None:
-        redis.acl_setuser(pod_user, enabled=False)
-        redis.execute_command("CLIENT", "KILL", "USER", pod_user)
+    if pod_user:
+        disable_pod_user(redis, pod_user)
     cut_off = {MetaField.CUT_OFF: reason, MetaField.CUT_OFF_AT: repr(time.time())}
     redis.hset(keys.meta(job_id), mapping=cut_off)
     log.error("job %s cut off: %s", job_id, reason)

@@ -8,6 +8,7 @@ from typing import Any
 from producer.wire import as_text, is_valid_job_id
 
 from . import keys
+from .acl import delete_pod_user
 from .keys import SECRET_FIELDS, JobMeta, MetaField
 
 # What the sink last wrote: reset by a registration, so the row is written again.
@@ -69,11 +70,23 @@ def job_secrets(redis: Any, job_id: str) -> tuple[str, ...]:
 
 
 def drop_pod_user(redis: Any, job_id: str) -> bool:
-    """Delete the job's pod ACL user, if it has one; return True when one was deleted."""
+    """Delete the job's pod ACL user, if it has one, on every node of the data side.
+
+    The record goes first: a reconciliation running meanwhile then deletes the user too,
+    rather than completing it. A node that does not answer keeps the user until the
+    reconciliation (``acl.sync_pod_users``) deletes it there.
+
+    Args:
+        redis: the data side (the job's meta, and the nodes that hold the user).
+        job_id: the job.
+
+    Returns:
+        True when the job had a pod user.
+    """
     username = redis.hget(keys.meta(job_id), MetaField.POD_USER)
     if not username:
         return False
-    redis.acl_deluser(as_text(username))
     # The password stays: old outputs may quote it, and they are redacted by it.
     redis.hdel(keys.meta(job_id), MetaField.POD_USER)
+    delete_pod_user(redis, as_text(username))
     return True

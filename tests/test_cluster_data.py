@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from ckpt_pipeline.runner import run_all_in_one
 from ckpt_pipeline.testing.jobs import Job, ensure_sqlite_schema, setup_jobs, sqlite_path
 from producer.events import build_event
-from producer.wire import EVENT_FIELD
+from producer.wire import EVENT_FIELD, decision_field
 from scorer_worker import keys
 from scorer_worker.bulk import drain_many
 from scorer_worker.deadletter import dead_letter_jobs, list_dead_letters
@@ -136,3 +136,23 @@ def _cluster_url(client) -> str:
 
 def _masters(client):
     return masters(client)
+
+
+def test_producers_on_any_cluster_node_publish_and_read_decisions(cluster_client, tmp_path):
+    from producer import CheckpointEventsCallback, EventPublisher
+
+    job = spread_jobs(cluster_client, 1)[0]
+    holder = cluster_client.get_node_from_key(keys.state(job))
+    other = next(node for node in cluster_client.get_primaries() if node.name != holder.name)
+    url = f"redis://{other.host}:{other.port}/0"  # a node that does not hold the job
+    publisher = EventPublisher(job, url, spool_dir=tmp_path / "spool", flush_interval_ms=1)
+    callback = CheckpointEventsCallback(job, publisher=publisher)
+    field = decision_field(10)
+    cluster_client.hset(keys.decision(job), field, "0.5,1.0")
+    try:
+        publisher.publish(build_event("train_log", job, 1, 0.1, {"loss": 1.0}))
+        publisher.flush(timeout_s=10)
+        assert cluster_client.xlen(keys.events(job)) == 1 and publisher.spooled == 0
+        assert callback._decision_reader().hget(keys.decision(job), field) == b"0.5,1.0"
+    finally:
+        publisher.close(timeout_s=10)

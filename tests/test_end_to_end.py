@@ -75,9 +75,21 @@ def env(pipeline_env) -> dict[str, str]:
     return dict(os.environ)
 
 
-def test_trainer_to_row_and_listing_agree(tmp_path, env, redis_client):
+@pytest.fixture(params=["one-server", "cluster"])
+def sides(request, env) -> tuple[dict[str, str], object]:
+    """The environment and a data-side client: every job's keys on the private server, or
+    on a private 3-master Redis Cluster (``CKPT_DATA_REDIS_URL``; RQ stays on the server)."""
+    if request.param == "one-server":
+        return env, request.getfixturevalue("redis_client")
+    request.getfixturevalue("cluster_env")
+    return dict(os.environ), request.getfixturevalue("cluster_client")
+
+
+def test_trainer_to_row_and_listing_agree(tmp_path, sides):
+    env, redis_client = sides  # the data side
     cli("register", JOB, TOKEN, "--create-row", env=env)
-    output = train_run(tmp_path, JOB, env["REDIS_URL"])
+    data_url = env.get("CKPT_DATA_REDIS_URL") or env["REDIS_URL"]
+    output = train_run(tmp_path, JOB, data_url)  # producers publish to the data side
     converge(env)
 
     db = env["CKPT_SINK"].removeprefix("sqlite:///")
@@ -99,7 +111,7 @@ def test_trainer_to_row_and_listing_agree(tmp_path, env, redis_client):
     assert [m["step"] for m in metrics] == sorted({m["step"] for m in metrics})
     assert any(m["eval_loss"] is not None and m["train_loss"] is not None for m in metrics)
     assert redis_client.xlen(f"ckpt:{{{JOB}}}:events") == 0  # drained and trimmed
-    assert redis_client.xlen("ckpt:dead") == 0
+    assert redis_client.xlen(f"ckpt:{{{JOB}}}:dead") == 0
 
     status = cli("status", JOB, "--json", env=env)
     report = json.loads(status)
