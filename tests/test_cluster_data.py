@@ -7,6 +7,9 @@ checks that no script call covers two jobs.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -117,6 +120,17 @@ def test_dead_letters_and_discovery_span_every_master(redis_client, cluster_clie
     drain_task(cluster_client, jobs, Settings(redis_url="redis://unused"))
     assert dead_letter_jobs(cluster_client) == jobs
     assert {ref.split("/")[0] for ref, _ in list_dead_letters(cluster_client)} == set(jobs)
+    env = {
+        **os.environ,
+        "REDIS_URL": _url(redis_client),
+        "CKPT_DATA_REDIS_URL": _cluster_url(cluster_client),
+    }
+    listed = subprocess.run(
+        [sys.executable, "-m", "ckpt_pipeline.cli", "dead", "list"], env=env,
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    assert {line.split("/")[0] for line in listed.stdout.splitlines()} == set(jobs)
     for job in jobs:  # unregistered jobs with events, one or more per master
         publish(cluster_client, raw_run(1, job=job), job=job)
     pump = Pump(redis_client, Settings(redis_url="redis://unused"), data=cluster_client)
