@@ -5,6 +5,8 @@ Usage::
     python -m benchmarks --quick --json out.json           # < 3 minutes
     python -m benchmarks --json out.json                    # the full sizes, < 15 minutes
     python -m benchmarks --quick --only callback,history    # groups or figure names
+    python -m benchmarks --only cluster                     # data on a cluster vs one server,
+                                                            # ~5 minutes (--quick: < 2)
 
 Every process and server a group starts is stopped when the group ends, also on failure or
 Ctrl-C; a group that fails records its error and the run goes on.
@@ -34,6 +36,7 @@ from ckpt_pipeline.testing.processes import REPO
 
 from . import (
     callback,
+    cluster,
     decision,
     fanout,
     history,
@@ -71,6 +74,8 @@ GROUPS = (
     Group("worker_rss", memory.RSS_NAMES, memory.rss_sizes, memory.run_worker_rss),
     # Last: 10,000 jobs at 10,000 events/s leave the machine loaded for a while after.
     Group("fanout", fanout.NAMES, fanout.sizes, fanout.run),
+    # The data side on a 3-master cluster beside a single server (issue 15): ratios only.
+    Group("cluster", cluster.NAMES, cluster.sizes, cluster.run),
 )
 
 
@@ -343,6 +348,7 @@ def markdown(figures: list[Figure], meta: dict[str, Any]) -> str:
         "python -m benchmarks --quick --json out.json   # under 3 minutes",
         "python -m benchmarks --json out.json           # full sizes, under 15 minutes",
         "python -m benchmarks --only history,latency    # some groups or figures",
+        "python -m benchmarks --only cluster            # data on a 3-master cluster vs one server",
         "```",
         "",
         f"This report: `{meta['command']}`.",

@@ -4,7 +4,7 @@ The closed loop (issue 11): a pod's callback publishes an evaluation and waits f
 scorer's decision covering it (``score:<step>`` in ``ckpt:{<job>}:decision``, holding that
 evaluation's ``eval_loss``). The background load is the latency group's (a load generator
 process publishing 1,000 events/s over 20 jobs); beside it, a few probe jobs behave as pods:
-each has its own ACL user made by ``remote.credentials.create_pod_user`` and one connection
+each has its own ACL user made as ``register --pod-credentials`` makes it, and one connection
 as that user, publishes a ``train_log`` and then an ``eval`` with XADD, and polls its
 decision with HMGET every ``POLL_S`` until the score of that evaluation is there. The
 latency runs from just before the eval's XADD to the read that shows it, on one clock
@@ -46,7 +46,8 @@ def sizes(quick: bool) -> dict[str, Any]:
 
 
 def run(ctx: Context) -> list[Figure]:
-    from remote.credentials import create_pod_user
+    from ckpt_pipeline.cli_base import create_pod_credentials
+    from scorer_worker.settings import Settings
 
     size = ctx.sizes["decision"]
     jobs = [f"lat-{i:03d}" for i in range(size["jobs"])]
@@ -54,7 +55,10 @@ def run(ctx: Context) -> list[Figure]:
     with BenchPipeline(ctx, "decision") as pipeline:
         pipeline.register(jobs + probes)
         pipeline.start_processes()
-        credentials = [create_pod_user(pipeline.client, job, pipeline.url) for job in probes]
+        # As `register --pod-credentials` does: recorded in the job's meta, so the pump's
+        # reconciliation keeps the users (it deletes pod users no job records).
+        settings = Settings(redis_url=pipeline.url)
+        credentials = [create_pod_credentials(settings, pipeline.client, job) for job in probes]
         stop = threading.Event()
         results: list[dict[str, Any]] = [{} for _ in probes]
         threads = [

@@ -26,19 +26,52 @@ POLL_S = 0.005
 
 
 def sizes(quick: bool) -> dict[str, Any]:
+    """The group's sizes: 15 s of load in a quick run, 45 s in a full one."""
     return {"jobs": 20, "events_per_s": 1000, "duration_s": 15 if quick else 45, "eval_every": 100}
 
 
 def run(ctx: Context) -> list[Figure]:
-    size = ctx.sizes["latency"]
+    """Measure the latency figures at the group's sizes."""
+    got = measure(ctx, "latency", ctx.sizes["latency"])
+    ctx.details["latency"] = got["details"]
+    ms, note = got["ms"], got["note"]
+    return [
+        Figure("latency_p50_ms", percentile(ms, 50), "ms", "info", None, note),
+        Figure("latency_p99_ms", percentile(ms, 99), "ms", "<=", 250, note),
+    ]
+
+
+def measure(
+    ctx: Context,
+    name: str,
+    size: dict[str, Any],
+    *,
+    data_url: str | None = None,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Run the paced load and time each eval from its XADD to its row.
+
+    Args:
+        ctx: the run.
+        name: names the pipeline's folder.
+        size: ``jobs``, ``events_per_s``, ``duration_s``, ``eval_every``.
+        data_url: the data side (a server or a cluster node, its servers notifying keyspace
+            events), by default the queue side's.
+        env: more environment for the pipeline's processes (e.g. ``CKPT_DATA_WAIT_REPLICAS``).
+
+    Returns:
+        ``ms`` (each eval's latency, inf for one never shown), ``to_commit_ms`` (XADD to
+        committed state), ``note`` and ``details``.
+    """
     jobs = [f"lat-{i:03d}" for i in range(size["jobs"])]
     seen: dict[str, list[tuple[float, int]]] = {job: [] for job in jobs}
-    with BenchPipeline(ctx, "latency", redis_args=["--notify-keyspace-events", "KA"]) as pipeline:
+    redis_args = ["--notify-keyspace-events", "KA"]
+    with BenchPipeline(ctx, name, redis_args=redis_args, data_url=data_url, env=env) as pipeline:
         pipeline.register(jobs)
         pipeline.start_processes()
-        watcher = CommitWatcher(pipeline.url, jobs)
+        watcher = CommitWatcher(data_url or pipeline.url, jobs)
         watcher.start()
-        commands_before = command_stats(pipeline.client)
+        commands_before = command_stats(pipeline.servers())
         started = time.monotonic()
         process, output = start_loadgen(
             ctx, pipeline, "loadgen", jobs=jobs, rate_per_job=size["events_per_s"] / len(jobs),
@@ -56,7 +89,9 @@ def run(ctx: Context) -> list[Figure]:
                 _poll(conn, seen)
                 time.sleep(POLL_S)
         watcher.stop()
-        commands = command_delta(commands_before, command_stats(pipeline.client), summary["sent"])
+        commands = command_delta(
+            commands_before, command_stats(pipeline.servers()), summary["sent"]
+        )
         workers = pipeline.worker_stats(time.monotonic() - started)
     lags = []
     for job, events in summary["records"].items():
@@ -67,7 +102,7 @@ def run(ctx: Context) -> list[Figure]:
     ms = [lag * 1000 for lag in lags]
     missing = sum(1 for lag in lags if lag == float("inf"))
     to_commit = [lag * 1000 for lag in watcher.lags(summary["records"])]
-    ctx.details["latency"] = {
+    details = {
         "events_published": summary["sent"],
         "publish_rate_per_s": round(summary["rate"]),
         "evals_measured": len(ms),
@@ -83,10 +118,7 @@ def run(ctx: Context) -> list[Figure]:
         f"{len(ms):,} evals over {len(jobs)} jobs at {round(summary['rate']):,} events/s, "
         f"SQLite row read every {POLL_S * 1000:.0f} ms"
     )
-    return [
-        Figure("latency_p50_ms", percentile(ms, 50), "ms", "info", None, note),
-        Figure("latency_p99_ms", percentile(ms, 99), "ms", "<=", 250, note),
-    ]
+    return {"ms": ms, "to_commit_ms": to_commit, "note": note, "details": details}
 
 
 def _poll(conn, seen: dict[str, list[tuple[float, int]]]) -> None:

@@ -6,7 +6,9 @@ processes would. Events come from :class:`ckpt_pipeline.testing.events.JobEvents
 ``record_jobs`` it records each event's stream entry id (the server's clock at the XADD), all
 events or evals only, and writes them with its counters to ``output``.
 
-Config keys: ``url``, ``jobs``, ``rate_per_job``, ``duration_s``, ``output``, and optionally
+Config keys: ``url`` (the data side: a plain server, or any node of a Redis Cluster, which
+is detected and then written through a cluster client, one pipeline per node), ``jobs``,
+``rate_per_job``, ``duration_s``, ``output``, and optionally
 ``tick_s`` (0.01), ``record`` (``all``, ``eval`` or ``none``), ``record_jobs`` (all jobs),
 ``eval_every`` (10), ``max_events`` (no limit).
 """
@@ -17,16 +19,27 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
 from ckpt_pipeline.testing.events import JobEvents
 from producer.wire import EVENT_FIELD, stream_key
+from scorer_worker.topology import cluster_enabled
+
+
+def data_client(url: str) -> Any:
+    """A client of the data side at ``url``: a cluster client for a cluster-mode node."""
+    if cluster_enabled(url):
+        return RedisCluster.from_url(url)
+    return redis.Redis.from_url(url)
 
 
 def main(config_path: str) -> None:
+    """Publish as the config at ``config_path`` says; write the summary to its ``output``."""
     config = json.loads(Path(config_path).read_text())
-    client = redis.Redis.from_url(config["url"])
+    client = data_client(config["url"])
     jobs = config["jobs"]
     generators = [JobEvents(job, eval_every=config.get("eval_every", 10)) for job in jobs]
     stream_keys = [stream_key(job) for job in jobs]

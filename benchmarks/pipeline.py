@@ -3,8 +3,10 @@
 :class:`BenchPipeline` is ``ckpt_pipeline.testing.pipeline.Pipeline`` with a private
 ``redis-server`` and a SQLite sink in the group's folder, the run's worker counts and class
 overrides, the shell's ``CKPT_*`` settings passed on (an operator tunes a run from the
-shell; ``worker_settings`` records them), py-spy profilers for ``--profile``, and per-worker
-task figures. It is stopped with the run's other processes when a group fails.
+shell; ``worker_settings`` records them), py-spy profilers for ``--profile``, per-worker
+task figures and per-process CPU time. The data side may be another server or a Redis
+Cluster (``data_url``), which the caller starts and stops. It is stopped with the run's
+other processes when a group fails.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 
 from ckpt_pipeline.testing.pipeline import WORKERS_KEY, Pipeline
 from ckpt_pipeline.testing.processes import Proc
+from scorer_worker.topology import masters
 
 from .common import TOKEN, Context
 
@@ -37,8 +40,11 @@ class BenchPipeline(Pipeline):
         sink: ``rq worker sink`` processes (default: the run's).
         pump: start ``ckpt-pipeline pump``.
         sink_url: a sink URL instead of a new SQLite file.
-        redis_args: more redis-server arguments.
+        redis_args: more redis-server arguments (of the private, queue-side server).
         env: more environment for the processes.
+        data_url: the data side (``CKPT_DATA_REDIS_URL``: a server or a cluster node) that
+            the caller started; by default the data lives on the private server.
+        data_pids: the data side's server processes by name, for :meth:`cpu_seconds`.
     """
 
     def __init__(
@@ -52,11 +58,14 @@ class BenchPipeline(Pipeline):
         sink_url: str | None = None,
         redis_args: list[str] | None = None,
         env: dict[str, str] | None = None,
+        data_url: str | None = None,
+        data_pids: dict[str, int] | None = None,
     ) -> None:
         folder = ctx.folder(name)
         super().__init__(
             folder,
             redis_args=redis_args or (),
+            data_url=data_url,
             sink_url=sink_url,
             pumps=1 if pump else 0,
             scoring=(ctx.scoring_workers or 1) if scoring is None else scoring,
@@ -72,6 +81,7 @@ class BenchPipeline(Pipeline):
         self.ctx = ctx
         self.name = name
         self.profilers: list[Proc] = []
+        self.data_pids = dict(data_pids or {})
         ctx.pipelines.append(self)  # closed by ctx.cleanup() if the group fails
 
     def start_processes(self, *, wait: bool = True) -> None:
@@ -135,6 +145,46 @@ class BenchPipeline(Pipeline):
             }
         return stats
 
+    def servers(self) -> list[Any]:
+        """A client of every Redis server the pipeline uses: the queue side, then the data
+        side's masters (none more when the data lives on the queue side)."""
+        clients = [self._client()]
+        if self.data is not self.client:
+            clients += masters(self.data)
+        return clients
+
+    def pids(self) -> dict[str, int]:
+        """The pipeline's processes and servers by name: the Procfile's processes, the
+        queue-side ``redis-server``, and the data side's servers (``data_pids``)."""
+        found = {proc.name: proc.pid for proc in self.all() if proc.pid is not None}
+        if self.server is not None and self.server.process is not None:
+            found["redis-queue"] = self.server.process.pid
+        return {**found, **self.data_pids}
+
+
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """User plus system CPU seconds each process has used so far (0 for one that ended)."""
+    import psutil
+
+    used = {}
+    for name, pid in pids.items():
+        try:
+            times = psutil.Process(pid).cpu_times()
+            used[name] = times.user + times.system
+        except psutil.Error:
+            used[name] = 0.0
+    return used
+
+
+def cpu_by_role(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """CPU seconds used between two :func:`cpu_seconds` readings, summed by role (the name
+    up to its last ``-``: ``scoring-0`` and ``scoring-1`` are ``scoring``)."""
+    roles: dict[str, float] = {}
+    for name, seconds in after.items():
+        role = name.rsplit("-", 1)[0] if name[-1:].isdigit() else name
+        roles[role] = roles.get(role, 0.0) + max(0.0, seconds - before.get(name, 0.0))
+    return {role: round(seconds, 2) for role, seconds in sorted(roles.items())}
+
 
 @contextlib.contextmanager
 def sqlite_reader(path: Path) -> Iterator[sqlite3.Connection]:
@@ -147,14 +197,15 @@ def sqlite_reader(path: Path) -> Iterator[sqlite3.Connection]:
 
 
 def start_loadgen(ctx: Context, pipeline: BenchPipeline, name: str, **config: Any):
-    """Start ``python -m benchmarks.loadgen`` against the pipeline's Redis.
+    """Start ``python -m benchmarks.loadgen`` against the pipeline's data side.
 
     Returns:
         The process and the path its summary will be written to.
     """
     output = pipeline.folder / f"{name}.json"
     config_path = pipeline.folder / f"{name}-config.json"
-    config_path.write_text(json.dumps({"url": pipeline.url, "output": str(output), **config}))
+    url = pipeline.data_url or pipeline.url  # the pods publish to the data side
+    config_path.write_text(json.dumps({"url": url, "output": str(output), **config}))
     args = [sys.executable, "-m", "benchmarks.loadgen", str(config_path)]
     return ctx.spawn(args, f"{pipeline.name}-{name}", pipeline.env), output
 

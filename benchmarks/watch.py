@@ -1,9 +1,13 @@
 """What a benchmark watches in Redis while the pipeline runs: commits, and commands.
 
 :class:`CommitWatcher` records when sampled jobs' committed cursors move (keyspace
-notifications: the server runs with ``--notify-keyspace-events KA``), so a lag from XADD to
-commit can be read per event; :func:`command_stats` and :func:`command_delta` count the
-Redis commands a piece of work cost.
+notifications: the data side's servers run with ``--notify-keyspace-events KA``), so a lag
+from XADD to commit can be read per event; :func:`command_stats` and :func:`command_delta`
+count the Redis commands a piece of work cost.
+
+On a Redis Cluster a keyspace notification is published only on the node that holds the
+key, so the watcher subscribes on each master to the channels of the keys that master holds
+(one thread per master), and reads the cursors from that master directly.
 """
 
 from __future__ import annotations
@@ -14,53 +18,80 @@ import time
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
 from ckpt_pipeline.testing.convergence import entry_seconds
 from scorer_worker import keys
 from scorer_worker.streams import stream_id_key
+from scorer_worker.topology import cluster_enabled
 
 
 class CommitWatcher:
-    """Records, for a sample of jobs, when their committed cursor moved (keyspace events)."""
+    """Records, for a sample of jobs, when their committed cursor moved (keyspace events).
+
+    Args:
+        url: the data side: a plain server, or any node of a Redis Cluster (detected).
+        jobs: the jobs to watch.
+    """
 
     def __init__(self, url: str, jobs: list[str]) -> None:
-        self.client = redis.Redis.from_url(url)
-        self.reader = redis.Redis.from_url(url)
         self.jobs = jobs
         self.commits: dict[str, list[tuple[float, tuple[int, int]]]] = {job: [] for job in jobs}
+        # Row writes seen per job: how often its ``written_version`` moved.
+        self.row_writes: dict[str, int] = dict.fromkeys(jobs, 0)
+        self._written: dict[str, bytes | None] = {}  # as last read (the first: the baseline)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="commit-watcher", daemon=True)
-        self._ready = threading.Event()
+        self._clients: list[redis.Redis] = []
+        self._threads: list[threading.Thread] = []
+        self._ready: list[threading.Event] = []
         self.error: BaseException | None = None
+        for index, (node_url, node_jobs) in enumerate(sorted(_jobs_by_node(url, jobs).items())):
+            ready = threading.Event()
+            thread = threading.Thread(
+                target=self._run, args=(node_url, node_jobs, ready),
+                name=f"commit-watcher-{index}", daemon=True,
+            )  # fmt: skip
+            self._threads.append(thread)
+            self._ready.append(ready)
 
     def start(self) -> None:
-        """Subscribe and start recording; return once the subscription is in place.
+        """Subscribe and start recording; return once every subscription is in place.
 
         Raises:
-            RuntimeError: the subscription did not start within 10 s.
+            RuntimeError: a subscription did not start within 10 s.
         """
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("keyspace subscription did not start")
+        for thread in self._threads:
+            thread.start()
+        deadline = time.monotonic() + 10
+        for ready in self._ready:
+            if not ready.wait(max(0.0, deadline - time.monotonic())):
+                raise RuntimeError("keyspace subscription did not start")
+        if self.error is not None:
+            raise RuntimeError(f"keyspace subscription failed: {self.error!r}")
 
     def stop(self) -> None:
         """Stop recording and disconnect (what was recorded stays readable)."""
         self._stop.set()
-        self._thread.join(5)
-        self.client.close()
-        self.reader.close()
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(5)
+        for client in self._clients:
+            client.close()
 
-    def _run(self) -> None:
+    def _run(self, url: str, jobs: list[str], ready: threading.Event) -> None:
         try:
-            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            subscriber, reader = redis.Redis.from_url(url), redis.Redis.from_url(url)
+            self._clients += [subscriber, reader]
+            pubsub = subscriber.pubsub(ignore_subscribe_messages=True)
             channels = {}
-            for job in self.jobs:
+            for job in jobs:
                 for key in (keys.state(job), keys.meta(job)):
                     channels[f"__keyspace@0__:{key}"] = job
             names = list(channels)
             for index in range(0, len(names), 500):
                 pubsub.subscribe(*names[index : index + 500])
-            self._ready.set()
+            self._read_cursors(reader, jobs)  # the baseline of the row writes
+            ready.set()
             while not self._stop.is_set():
                 touched = set()
                 message = pubsub.get_message(timeout=0.05)
@@ -69,19 +100,22 @@ class CommitWatcher:
                     touched.add(channels[channel])
                     message = pubsub.get_message(timeout=0)
                 if touched:
-                    self._read_cursors(sorted(touched))
+                    self._read_cursors(reader, sorted(touched))
             pubsub.close()
         except BaseException as exc:  # reported by the figures (events count as late)
             self.error = exc
-            self._ready.set()
+            ready.set()
 
-    def _read_cursors(self, jobs: list[str]) -> None:
-        pipe = self.reader.pipeline(transaction=False)
+    def _read_cursors(self, reader: redis.Redis, jobs: list[str]) -> None:
+        pipe = reader.pipeline(transaction=False)
         for job in jobs:
-            pipe.hget(keys.meta(job), "cursor")
-        cursors = pipe.execute()
+            pipe.hmget(keys.meta(job), "cursor", "written_version")
+        replies = pipe.execute()
         seen = time.time()
-        for job, cursor in zip(jobs, cursors, strict=True):
+        for job, (cursor, written) in zip(jobs, replies, strict=True):
+            if job in self._written and written != self._written[job]:
+                self.row_writes[job] += 1
+            self._written[job] = written
             if cursor:
                 position = stream_id_key(cursor)
                 history = self.commits[job]
@@ -111,10 +145,15 @@ class CommitWatcher:
         return lags
 
 
-def command_stats(client: redis.Redis) -> dict[str, int]:
-    """Calls per Redis command since the server started (``INFO commandstats``)."""
-    stats = client.info("commandstats")
-    return {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
+def command_stats(clients: Any) -> dict[str, int]:
+    """Calls per Redis command since the servers started (``INFO commandstats``), summed
+    over ``clients`` (a client, or a list of clients of distinct servers)."""
+    totals: dict[str, int] = {}
+    for client in clients if isinstance(clients, list | tuple) else [clients]:
+        for name, value in client.info("commandstats").items():
+            command = name.removeprefix("cmdstat_")
+            totals[command] = totals.get(command, 0) + int(value["calls"])
+    return totals
 
 
 def command_delta(before: dict[str, int], after: dict[str, int], per: float) -> dict[str, Any]:
@@ -126,3 +165,19 @@ def command_delta(before: dict[str, int], after: dict[str, int], per: float) -> 
         "commands_per_event": round(sum(delta.values()) / per, 1),
         "top_commands_per_event": {name: round(calls / per, 2) for name, calls in top},
     }
+
+
+def _jobs_by_node(url: str, jobs: list[str]) -> dict[str, list[str]]:
+    """The jobs by the URL of the server that holds their keys: ``url`` itself for a plain
+    server, each job's master for a cluster node."""
+    if not cluster_enabled(url):
+        return {url: list(jobs)}
+    cluster = RedisCluster.from_url(url)
+    try:
+        found: dict[str, list[str]] = {}
+        for job in jobs:
+            node = cluster.get_node_from_key(keys.meta(job))
+            found.setdefault(f"redis://{node.host}:{node.port}/0", []).append(job)
+        return found
+    finally:
+        cluster.close()

@@ -25,7 +25,6 @@ from scorer_worker.errors import PipelineError
 from scorer_worker.settings import Settings
 
 from .cli_base import (
-    _create_pod_credentials,
     _data,
     _dump,
     _finite,
@@ -33,6 +32,7 @@ from .cli_base import (
     _pod_lifecycle,
     _redis,
     _settings,
+    create_pod_credentials,
 )
 
 # How long replay waits for the publisher: for room in its queue, then for the last batches.
@@ -83,7 +83,7 @@ def register(
             _drop_created_row(settings, job_id, job_token)
         raise
     if pod_credentials:
-        credentials = _create_pod_credentials(settings, data, job_id)  # users on the data side
+        credentials = create_pod_credentials(settings, data, job_id)  # users on the data side
         click.echo(json.dumps({**credentials.masked(), "redis_url": credentials.redis_url}))
         return
     click.echo(f"registered {job_id}")

@@ -92,7 +92,7 @@ def _redis_reason(exc: RedisError) -> str:
     return f"{type(exc).__name__}: {' '.join(text.split())}"
 
 
-def _create_pod_credentials(settings: Settings, redis: Any, job_id: str) -> Any:
+def create_pod_credentials(settings: Settings, redis: Any, job_id: str) -> Any:
     """Create (or rotate) the pod user of ``job_id`` on every node of the data side ``redis``.
 
     Recorded first, so that the pump's reconciliation completes it rather than deleting it.

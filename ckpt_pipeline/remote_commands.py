@@ -11,7 +11,7 @@ import click
 
 from scorer_worker.settings import Settings
 
-from .cli_base import _create_pod_credentials, _data, _dump, _pod_lifecycle, _redis, _settings
+from .cli_base import _data, _dump, _pod_lifecycle, _redis, _settings, create_pod_credentials
 
 
 @click.group()
@@ -141,7 +141,7 @@ def _launch(
     redis = _redis(settings)
     data = _data(settings, redis)  # the pod publishes there, so its user lives there
     register_job(redis, job_id, job_token, data=data)
-    credentials = _create_pod_credentials(settings, data, job_id)
+    credentials = create_pod_credentials(settings, data, job_id)
 
     def body_for(gpu_type: str) -> dict[str, Any]:
         return create_pod_body(job_id, script, credentials.redis_url, options, gpu_type)

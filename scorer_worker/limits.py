@@ -75,7 +75,8 @@ class LimitKeeper:
         for usage in read_usage(self.redis, job_ids):
             if self._act(usage, now):
                 to_drain.append(usage.job_id)
-        self._seen = {j: v for j, v in self._seen.items() if j in set(job_ids)}
+        live = set(job_ids)  # built once: per entry it made the pruning O(jobs²)
+        self._seen = {j: v for j, v in self._seen.items() if j in live}
         return to_drain
 
     def _act(self, usage: Usage, now: float) -> bool:

@@ -339,7 +339,7 @@ def render(results: dict[str, Any]) -> str:
         "(`tests/chaos/`, marked `chaos`, run by `.ci/run`):",
         "",
         "```",
-        "python -m pytest -m chaos                          # about 5 minutes on 2 cores",
+        "python -m pytest -m chaos                          # about 9 minutes on 2 cores",
         "python -m tests.chaos.report chaos-results.json    # this file",
         "```",
         "",
