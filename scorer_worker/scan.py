@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from producer.wire import END_STATUSES
+from producer.wire import END_STATUSES, as_text
 
 from . import keys
 from .keys import LEVEL_FIELDS
 from .levels import Levels, levels_from_values
-from .scripts import run_chunked
+from .scripts import registered, run_chunked
 
 # Redis runs a script alone: a chunk of jobs blocks it for about a millisecond.
 SCAN_CHUNK_JOBS = 500
@@ -42,7 +42,7 @@ def scan_levels(
 
     A job is returned when it has undrained events and no drain queued, a version the sink
     has not written and no flush queued, or an end and nothing left to drain or write (to
-    retire). The queued markers are read from the queue side first (``MGET`` in chunks);
+    retire). The queued markers are read from the queue side first (``lua/queued_flags.lua``);
     the filtering then runs on the data side (a script per chunk of jobs, one pipeline per
     node): idle jobs, and jobs whose tasks are already queued, cost no Python time, which
     matters when a pump watches thousands of jobs.
@@ -68,18 +68,20 @@ def scan_levels(
     return scan
 
 
-def queued_flags(queue: Any, job_ids: list[str], flush_queue: str) -> list[str]:
-    """A digit per job: bit 1 set when a drain is queued for it, bit 2 when a flush is."""
+def queued_flags(queue: Any, job_ids: list[str], flush_queue: str) -> str:
+    """A digit per job: bit 1 set when a drain is queued for it, bit 2 when a flush is.
+
+    One script per chunk of jobs on the queue side (one server: a call may span slots),
+    answering one short string, so a pass over thousands of jobs costs little Python.
+    """
+    script = registered(queue, "queued_flags")
     pipe = queue.pipeline(transaction=False)
     for start in range(0, len(job_ids), SCAN_CHUNK_JOBS):
         chunk = job_ids[start : start + SCAN_CHUNK_JOBS]
-        pipe.mget([keys.queued(job, name) for job in chunk
-                   for name in (keys.SCORING_QUEUE, flush_queue)])  # fmt: skip
-    values = [v for values in (pipe.execute() if job_ids else []) for v in values]
-    drains, flushes = values[0::2], values[1::2]
-    return [
-        str((d is not None) + 2 * (f is not None)) for d, f in zip(drains, flushes, strict=True)
-    ]
+        markers = [keys.queued(job, name) for job in chunk
+                   for name in (keys.SCORING_QUEUE, flush_queue)]  # fmt: skip
+        script(keys=markers, client=pipe)
+    return "".join(as_text(flags) for flags in (pipe.execute() if job_ids else []))
 
 
 def _scan_keys(job_id: str) -> list[str]:
