@@ -67,24 +67,30 @@ class RetryingRedis(redis.Redis):
             kwargs: passed to ``redis.Redis.from_url`` (or, for a sentinel URL, to the
                 primary's connections); a ``retry`` given here is used as is.
 
-        With neither ``retry`` nor ``settings`` (RQ's ``--connection-class``: its CLI calls
-        ``from_url(url)`` and nothing more, before the worker class, which builds the
-        process's settings, exists), the settings are read from the environment: that call
-        is the one place this class reads it.
+        The settings' timeouts and TCP keepalive (:meth:`Settings.redis_options`) apply
+        unless ``kwargs`` name them. With no ``settings`` (RQ's ``--connection-class``: its
+        CLI calls ``from_url(url)`` and nothing more, before the worker class, which builds
+        the process's settings, exists), they are read from the environment: that call is
+        the one place this class reads it.
 
         Raises:
             SentinelURLError: a ``redis+sentinel://`` URL that does not parse.
         """
+        source = settings if settings is not None else Settings.from_env()
         if "retry" not in kwargs:
-            source = settings if settings is not None else Settings.from_env()
             kwargs["retry"] = outage_retry(source.redis_retry_s)
+        # Under RQ this is the whole configuration of the worker's connection: without the
+        # keepalive a dequeue blocked on a blackholed link waits RQ's 415 s read timeout.
+        for option, value in source.redis_options().items():
+            kwargs.setdefault(option, value)
         if is_sentinel_url(url):
             return sentinel_client(url, redis_class=cls, **kwargs)
         return super().from_url(url, **kwargs)
 
 
 def connect(settings: Settings, *, ride_out_outages: bool = False) -> redis.Redis:
-    """Open a Redis client for ``settings.redis_url`` with health checks and timeouts.
+    """Open a Redis client for ``settings.redis_url`` with health checks, timeouts and TCP
+    keepalive (:meth:`Settings.redis_options`), so that no command waits on a dead peer.
 
     Args:
         settings: the URL (``redis+sentinel://`` included: the client follows the primary),
@@ -97,8 +103,7 @@ def connect(settings: Settings, *, ride_out_outages: bool = False) -> redis.Redi
         SentinelURLError: a ``redis+sentinel://`` URL that does not parse.
     """
     options: dict[str, Any] = {
-        "socket_timeout": 10,
-        "socket_connect_timeout": 5,
+        **settings.redis_options(),
         "health_check_interval": 30,
         "retry_on_timeout": True,
     }
@@ -127,7 +132,7 @@ def connect_data(settings: Settings, queue: Any = None, *, ride_out_outages: boo
     if not settings.split_sides:
         return queue if queue is not None else connect(settings, ride_out_outages=ride_out_outages)
     url = settings.data_redis_url
-    options: dict[str, Any] = {"socket_timeout": 10, "socket_connect_timeout": 5}
+    options = settings.redis_options()
     if not cluster_enabled(url, **options):
         if ride_out_outages:
             return RetryingRedis.from_url(url, settings=settings, **options)

@@ -14,6 +14,8 @@ from typing import Any
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from producer.sockets import redis_socket_options
+
 from .errors import ConfigError
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
@@ -102,6 +104,29 @@ class Settings(BaseSettings):
     # How long long-running processes (RQ workers with RetryingRedis, the pump) wait through a
     # Redis outage before a Redis error surfaces.
     redis_retry_s: float = Field(60.0, validation_alias="CKPT_REDIS_RETRY_S")
+    # A dead peer is not always a refused connection: on a blackholed link nothing answers.
+    # These bound every wait on one (producer/sockets.py says how they combine).
+    redis_connect_timeout_s: float = Field(
+        5.0, gt=0, validation_alias="CKPT_REDIS_CONNECT_TIMEOUT_S"
+    )
+    redis_socket_timeout_s: float = Field(
+        10.0, gt=0, validation_alias="CKPT_REDIS_SOCKET_TIMEOUT_S"
+    )
+    tcp_keepalive_idle_s: int = Field(5, ge=1, validation_alias="CKPT_TCP_KEEPALIVE_IDLE_S")
+    tcp_keepalive_interval_s: int = Field(2, ge=1, validation_alias="CKPT_TCP_KEEPALIVE_INTERVAL_S")
+    tcp_keepalive_count: int = Field(3, ge=1, validation_alias="CKPT_TCP_KEEPALIVE_COUNT")
+    tcp_user_timeout_ms: int = Field(15_000, ge=0, validation_alias="CKPT_TCP_USER_TIMEOUT_MS")
+    # PostgreSQL sink: a connect, a row lock and a statement each wait at most this long; a
+    # transaction whose client vanished is ended by the server after the idle timeout, so it
+    # does not hold its row locks until the server's own keepalive notices (hours).
+    sink_connect_timeout_s: float = Field(5.0, ge=2, validation_alias="CKPT_SINK_CONNECT_TIMEOUT_S")
+    sink_lock_timeout_s: float = Field(5.0, gt=0, validation_alias="CKPT_SINK_LOCK_TIMEOUT_S")
+    sink_statement_timeout_s: float = Field(
+        30.0, gt=0, validation_alias="CKPT_SINK_STATEMENT_TIMEOUT_S"
+    )
+    sink_idle_in_transaction_timeout_s: float = Field(
+        10.0, gt=0, validation_alias="CKPT_SINK_IDLE_IN_TRANSACTION_TIMEOUT_S"
+    )
 
     @property
     def data_url(self) -> str:
@@ -112,6 +137,21 @@ class Settings(BaseSettings):
     def split_sides(self) -> bool:
         """Whether the data side is a server of its own (``CKPT_DATA_REDIS_URL`` set)."""
         return bool(self.data_redis_url) and self.data_redis_url != self.redis_url
+
+    def keepalive(self) -> dict[str, int]:
+        """The TCP keepalive settings, as :func:`producer.sockets.tcp_keepalive_options` wants."""
+        return {
+            "idle_s": self.tcp_keepalive_idle_s,
+            "interval_s": self.tcp_keepalive_interval_s,
+            "count": self.tcp_keepalive_count,
+            "user_timeout_ms": self.tcp_user_timeout_ms,
+        }
+
+    def redis_options(self) -> dict[str, Any]:
+        """redis-py client options: this process's connect and read timeouts and keepalive."""
+        return redis_socket_options(
+            self.redis_connect_timeout_s, self.redis_socket_timeout_s, **self.keepalive()
+        )
 
     @property
     def pod_url(self) -> str:

@@ -4,6 +4,7 @@ and a readable ConfigError on a bad value (never a pydantic traceback)."""
 from __future__ import annotations
 
 import os
+import socket
 
 import pytest
 from pydantic import Field, ValidationError
@@ -47,6 +48,16 @@ VARIABLES = {
     "sink_retry_attempts": "CKPT_SINK_RETRY_ATTEMPTS",
     "sink_retry_max_s": "CKPT_SINK_RETRY_MAX_S",
     "redis_retry_s": "CKPT_REDIS_RETRY_S",
+    "redis_connect_timeout_s": "CKPT_REDIS_CONNECT_TIMEOUT_S",
+    "redis_socket_timeout_s": "CKPT_REDIS_SOCKET_TIMEOUT_S",
+    "tcp_keepalive_idle_s": "CKPT_TCP_KEEPALIVE_IDLE_S",
+    "tcp_keepalive_interval_s": "CKPT_TCP_KEEPALIVE_INTERVAL_S",
+    "tcp_keepalive_count": "CKPT_TCP_KEEPALIVE_COUNT",
+    "tcp_user_timeout_ms": "CKPT_TCP_USER_TIMEOUT_MS",
+    "sink_connect_timeout_s": "CKPT_SINK_CONNECT_TIMEOUT_S",
+    "sink_lock_timeout_s": "CKPT_SINK_LOCK_TIMEOUT_S",
+    "sink_statement_timeout_s": "CKPT_SINK_STATEMENT_TIMEOUT_S",
+    "sink_idle_in_transaction_timeout_s": "CKPT_SINK_IDLE_IN_TRANSACTION_TIMEOUT_S",
 }
 
 
@@ -219,9 +230,16 @@ def test_the_connection_class_takes_its_settings_and_reads_the_env_only_for_rq(
     retried = connect(Settings(redis_retry_s=0.5), ride_out_outages=True)
     assert isinstance(retried, RetryingRedis) and reads == []
     assert retried.get_retry().get_retries() == expected
-    explicit = RetryingRedis.from_url("redis://unused", retry=outage_retry(0.5))
+    explicit = RetryingRedis.from_url(
+        "redis://unused", settings=Settings(), retry=outage_retry(0.5)
+    )
     assert explicit.get_retry().get_retries() == expected and reads == []
-    # RQ's --connection-class calls from_url(url) alone: then, and only then, one env read.
+    # RQ's --connection-class calls from_url(url) alone: then, and only then, one env read
+    # (the retry budget and the socket options both come from it).
+    monkeypatch.setenv("CKPT_TCP_KEEPALIVE_IDLE_S", "7")
     as_rq_does = RetryingRedis.from_url("redis://unused")
     assert reads == [None]
     assert as_rq_does.get_retry().get_retries() == outage_retry(5).get_retries()
+    options = as_rq_does.connection_pool.connection_kwargs
+    assert options["socket_keepalive"] is True
+    assert options["socket_keepalive_options"][socket.TCP_KEEPIDLE] == 7

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,8 @@ class LocalPostgres:
         durable: keep fsync and full-page writes on, so that committed data survives a
             power loss, not only a killed server. Off by default: tests want speed.
         search_dirs: where to look for the binaries when they are not on the PATH.
+        listen_on: more addresses to listen on besides 127.0.0.1 (a veth's, for a network
+            experiment); clients on their subnets log in with the password.
 
     Raises:
         FileNotFoundError: ``initdb`` or ``pg_ctl`` is not installed.
@@ -85,6 +88,7 @@ class LocalPostgres:
         port: int | None = None,
         durable: bool = False,
         search_dirs: tuple[str, ...] = SEARCH_DIRS,
+        listen_on: Sequence[str] = (),
     ) -> None:
         self.initdb = find_binary("initdb", search_dirs)
         self.pg_ctl = find_binary("pg_ctl", search_dirs)
@@ -92,6 +96,7 @@ class LocalPostgres:
         self.directory = Path(directory or tempfile.mkdtemp(prefix="ckpt-pg-"))
         self.port = port or free_port()
         self.durable = durable
+        self.listen_on = tuple(listen_on)
         self.password = secrets.token_hex(16)
         self._run_as = _unprivileged_user() if os.geteuid() == 0 else None
 
@@ -110,9 +115,10 @@ class LocalPostgres:
         """The superuser's URL of the ``postgres`` database."""
         return self.url_for("postgres")
 
-    def url_for(self, database: str) -> str:
-        """Return the superuser's URL of ``database`` on this server."""
-        return f"postgresql://{SUPERUSER}:{self.password}@127.0.0.1:{self.port}/{database}"
+    def url_for(self, database: str, host: str = "127.0.0.1") -> str:
+        """Return the superuser's URL of ``database`` on this server at ``host`` (127.0.0.1
+        or one of ``listen_on``)."""
+        return f"postgresql://{SUPERUSER}:{self.password}@{host}:{self.port}/{database}"
 
     @property
     def running(self) -> bool:
@@ -138,6 +144,8 @@ class LocalPostgres:
         self._hand_over(self.directory)
         if not (self.data_dir / "PG_VERSION").exists():
             self._init_cluster()
+        if self.listen_on:
+            self._allow_subnets()
         options = " ".join(f"-c {name}={value}" for name, value in self._settings().items())
         self._run(
             [self.pg_ctl, "start", "-D", str(self.data_dir), "-l", str(self.log_file),
@@ -208,7 +216,7 @@ class LocalPostgres:
     def _settings(self) -> dict[str, str]:
         settings = {
             "port": str(self.port),
-            "listen_addresses": "127.0.0.1",
+            "listen_addresses": ",".join(("127.0.0.1", *self.listen_on)),
             # No Unix socket: its default folder belongs to the system server, and the
             # URL names TCP anyway.
             "unix_socket_directories": "''",
@@ -231,6 +239,15 @@ class LocalPostgres:
             self._run(args, "initdb")
         finally:
             password_file.unlink(missing_ok=True)
+
+    def _allow_subnets(self) -> None:
+        # initdb's pg_hba.conf admits 127.0.0.1 only; "samenet" adds the subnets of the
+        # server's own addresses (a veth's peer), still with the password.
+        hba = self.data_dir / "pg_hba.conf"
+        line = "host all all samenet scram-sha-256\n"
+        if line not in hba.read_text():
+            with open(hba, "a") as handle:
+                handle.write(line)
 
     def _run(self, args: list[str], what: str) -> None:
         kwargs: dict[str, Any] = {}

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,7 @@ class LocalRedis:
             sentinel needs one it can rewrite, with ``extra_args=["--sentinel"]``.
         username: the user that :meth:`client` (and the readiness PING) logs in as.
         password: that user's password.
+        bind: the addresses it listens on (a network experiment adds a veth's address).
 
     Raises:
         FileNotFoundError: when no ``redis-server`` binary is on the PATH.
@@ -72,6 +74,7 @@ class LocalRedis:
         config_file: str | Path | None = None,
         username: str | None = None,
         password: str | None = None,
+        bind: Sequence[str] = ("127.0.0.1",),
     ) -> None:
         self.binary = shutil.which("redis-server")
         if self.binary is None:
@@ -83,12 +86,17 @@ class LocalRedis:
         self.config_file = Path(config_file) if config_file else None
         self.username = username
         self.password = password
+        self.bind = tuple(bind)
         self.process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         """The server's URL (database 0)."""
-        return f"redis://127.0.0.1:{self.port}/0"
+        return self.url_on("127.0.0.1")
+
+    def url_on(self, host: str) -> str:
+        """The server's URL (database 0) at ``host``, one of its ``bind`` addresses."""
+        return f"redis://{host}:{self.port}/0"
 
     @property
     def log_file(self) -> Path:
@@ -145,7 +153,7 @@ class LocalRedis:
         self.directory.mkdir(parents=True, exist_ok=True)
         args = [
             self.binary, *([str(self.config_file)] if self.config_file else []),
-            "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
+            "--port", str(self.port), "--bind", *self.bind, "--dir", str(self.directory),
             "--save", "", "--appendonly", "yes" if self.appendonly else "no",
             "--logfile", str(self.log_file), *self.extra_args,
         ]  # fmt: skip

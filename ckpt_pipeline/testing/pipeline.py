@@ -9,7 +9,7 @@ kill, restart and redeploy its processes; the benchmarks let it start a private
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,9 @@ class Pipeline:
         model_name: the ``model_name`` of the rows :meth:`register` creates.
         token: the job token :meth:`register` gives a job passed by its id alone.
         log_dir: where the logs go, when not ``folder``.
+        role_prefix: per role, a command its processes are started under (``ip netns exec
+            NS``: a network experiment puts a role behind a link it can break).
+        role_env: per role, more variables (the URLs as that role reaches the servers).
     """
 
     def __init__(
@@ -80,6 +83,8 @@ class Pipeline:
         model_name: str = "test-model",
         token: str = "test-token",
         log_dir: Path | None = None,
+        role_prefix: Mapping[str, Sequence[str]] | None = None,
+        role_env: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
         self.folder = Path(folder)
         self.log_dir = Path(log_dir) if log_dir is not None else self.folder
@@ -104,7 +109,13 @@ class Pipeline:
         counts = {"pump": pumps, "scoring": scoring, "sink": sink}
         self.procs: dict[str, list[Proc]] = {
             role: [
-                Proc(role, index, self.command(role), self.env, self.log_dir)
+                Proc(
+                    role,
+                    index,
+                    [*(role_prefix or {}).get(role, ()), *self.command(role)],
+                    {**self.env, **(role_env or {}).get(role, {})},
+                    self.log_dir,
+                )
                 for index in range(counts[role])
             ]
             for role in ROLES

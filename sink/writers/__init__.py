@@ -56,7 +56,14 @@ def writer_from_settings(settings: Settings) -> Writer:
         # Imported here, like supabase-py: `ckpt-pipeline pump` loads no database driver.
         from .postgres import PostgresWriter
 
-        return PostgresWriter(url)
+        return PostgresWriter(
+            url,
+            connect_timeout_s=settings.sink_connect_timeout_s,
+            lock_timeout_s=settings.sink_lock_timeout_s,
+            statement_timeout_s=settings.sink_statement_timeout_s,
+            idle_in_transaction_timeout_s=settings.sink_idle_in_transaction_timeout_s,
+            keepalive=settings.keepalive(),
+        )
     raise ConfigError(f"CKPT_SINK={mask_url(url)!r} is not one of: {ACCEPTED_FORMS}")
 
 

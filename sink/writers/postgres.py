@@ -27,6 +27,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 
 from producer.redaction import mask_url, redact
+from producer.sockets import KEEPALIVE_DEFAULTS
 from scorer_worker.errors import ConfigError, PermanentSinkError, SinkError, TransientSinkError
 from sink.rows import METRIC_COLUMN_NAMES
 
@@ -47,9 +48,10 @@ from .base import (
 # SQLSTATE classes a retry can cure: connection exceptions, transaction rollbacks
 # (serialization failure 40001, deadlock 40P01), insufficient resources (too many
 # connections), operator intervention (statement timeout, server shutting down) and system
-# errors; plus lock_not_available, which lock_timeout raises.
+# errors; plus lock_not_available, which lock_timeout raises, and the end of a session the
+# server found idle inside a transaction (25P03: a client cut off mid-transaction).
 TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57", "58")
-TRANSIENT_SQLSTATES = frozenset({"55P03"})
+TRANSIENT_SQLSTATES = frozenset({"55P03", "25P03"})
 APPLICATION_NAME = "ckpt-pipeline sink"
 
 
@@ -66,6 +68,10 @@ class PostgresWriter:
         lock_timeout_s: how long a write waits for a row lock (another writer, a
             dashboard transaction) before failing with TransientSinkError.
         statement_timeout_s: the longest any one statement may run.
+        idle_in_transaction_timeout_s: the server ends a transaction left waiting on its
+            client this long (a client cut off mid-transaction), which frees its row locks.
+        keepalive: TCP keepalive and user timeout (``producer.sockets`` names), so that a
+            read from a server behind a blackholed link fails instead of waiting for hours.
 
     Raises:
         ConfigError: the URL does not parse (shown masked).
@@ -78,6 +84,8 @@ class PostgresWriter:
         connect_timeout_s: float = 5,
         lock_timeout_s: float = 5.0,
         statement_timeout_s: float = 30.0,
+        idle_in_transaction_timeout_s: float = 10.0,
+        keepalive: dict[str, int] | None = None,
     ) -> None:
         self._url = url
         self._secrets = url_secrets(url)
@@ -90,7 +98,12 @@ class PostgresWriter:
                 f"CKPT_SINK={mask_url(url)!r} is not a valid PostgreSQL URL: {reason}"
             ) from None
         self.connect_timeout_s = connect_timeout_s
-        self._timeouts = (_ms(lock_timeout_s), _ms(statement_timeout_s))
+        self._timeouts = (
+            _ms(lock_timeout_s),
+            _ms(statement_timeout_s),
+            _ms(idle_in_transaction_timeout_s),
+        )
+        self._keepalive = _libpq_keepalive(**(keepalive or {}))
         self._conn: psycopg.Connection | None = None
         self._lock = threading.Lock()
         self._update_sql = guarded_update_sql(lambda name: f"%({name})s", quote_ident)
@@ -150,13 +163,13 @@ class PostgresWriter:
             try:
                 conn = self._connection()
                 with conn.transaction():
-                    lock_ms, statement_ms = self._timeouts
                     # SET LOCAL semantics: the limits end with the transaction, so a pooler
                     # never hands them to another client.
                     conn.execute(
                         "SELECT set_config('lock_timeout', %s, true), "
-                        "set_config('statement_timeout', %s, true)",
-                        (lock_ms, statement_ms),
+                        "set_config('statement_timeout', %s, true), "
+                        "set_config('idle_in_transaction_session_timeout', %s, true)",
+                        self._timeouts,
                     )
                     yield conn
             except psycopg.Error as exc:
@@ -174,6 +187,7 @@ class PostgresWriter:
                 connect_timeout=max(2, math.ceil(self.connect_timeout_s)),
                 prepare_threshold=None,
                 application_name=APPLICATION_NAME,
+                **self._keepalive,
             )
         return self._conn
 
@@ -182,6 +196,18 @@ class PostgresWriter:
             with contextlib.suppress(psycopg.Error):
                 self._conn.close()
             self._conn = None
+
+
+def _libpq_keepalive(**keepalive: int) -> dict[str, int]:
+    # libpq's spelling of producer.sockets' options (ignored on a Unix socket).
+    given = {**KEEPALIVE_DEFAULTS, **keepalive}
+    return {
+        "keepalives": 1,
+        "keepalives_idle": given["idle_s"],
+        "keepalives_interval": given["interval_s"],
+        "keepalives_count": given["count"],
+        "tcp_user_timeout": given["user_timeout_ms"],
+    }
 
 
 def sink_error(exc: psycopg.Error, secrets: tuple[str, ...] = ()) -> SinkError:
