@@ -20,6 +20,7 @@ from redis.cluster import RedisCluster
 from redis.retry import Retry
 from rq import get_current_job
 
+from .orphans import ReapingConnection
 from .sentinel import close_client, is_sentinel_url, sentinel_client
 from .settings import Settings
 from .topology import cluster_enabled
@@ -68,10 +69,12 @@ class RetryingRedis(redis.Redis):
                 primary's connections); a ``retry`` given here is used as is.
 
         The settings' timeouts and TCP keepalive (:meth:`Settings.redis_options`) apply
-        unless ``kwargs`` name them. With no ``settings`` (RQ's ``--connection-class``: its
-        CLI calls ``from_url(url)`` and nothing more, before the worker class, which builds
-        the process's settings, exists), they are read from the environment: that call is
-        the one place this class reads it.
+        unless ``kwargs`` name them; a ``redis://`` URL's connections close the server-side
+        remains of the ones a network fault cut (:mod:`scorer_worker.orphans`). With no
+        ``settings`` (RQ's ``--connection-class``: its CLI calls ``from_url(url)`` and
+        nothing more, before the worker class, which builds the process's settings,
+        exists), they are read from the environment: that call is the one place this class
+        reads it.
 
         Raises:
             SentinelURLError: a ``redis+sentinel://`` URL that does not parse.
@@ -85,6 +88,9 @@ class RetryingRedis(redis.Redis):
             kwargs.setdefault(option, value)
         if is_sentinel_url(url):
             return sentinel_client(url, redis_class=cls, **kwargs)
+        if url.startswith("redis://"):
+            # After a blackhole, the server would hand the next task to the dead BLMOVE.
+            kwargs.setdefault("connection_class", ReapingConnection)
         return super().from_url(url, **kwargs)
 
 

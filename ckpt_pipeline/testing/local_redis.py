@@ -157,6 +157,10 @@ class LocalRedis:
             "--save", "", "--appendonly", "yes" if self.appendonly else "no",
             "--logfile", str(self.log_file), *self.extra_args,
         ]  # fmt: skip
+        if self.bind != ("127.0.0.1",):
+            # Protected mode refuses every address but loopback to a server without a
+            # password; the extra addresses are a test's own veth links.
+            args += ["--protected-mode", "no"]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout_s
         with self.client() as client:

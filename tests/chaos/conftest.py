@@ -44,9 +44,15 @@ def make_redis(tmp_path: Path) -> Iterator[Callable[..., LocalRedis]]:
     """Start private redis-servers with AOF on and a fixed port, so a restart keeps the URL."""
     servers: list[LocalRedis] = []
 
-    def make(name: str = "redis", extra_args: list[str] | None = None) -> LocalRedis:
+    def make(
+        name: str = "redis", extra_args: list[str] | None = None, bind: tuple[str, ...] = ()
+    ) -> LocalRedis:
         server = LocalRedis(
-            tmp_path / name, appendonly=True, port=free_port(), extra_args=extra_args
+            tmp_path / name,
+            appendonly=True,
+            port=free_port(),
+            extra_args=extra_args,
+            bind=("127.0.0.1", *bind),
         )
         servers.append(server.start())
         return server
@@ -99,6 +105,8 @@ def make_pipeline(tmp_path: Path) -> Iterator[Callable[..., Pipeline]]:
         scoring: int = 2,
         sink: int = 2,
         data_url: str | None = None,
+        role_prefix: dict[str, list[str]] | None = None,
+        role_env: dict[str, dict[str, str]] | None = None,
         **tunables: object,
     ) -> Pipeline:
         probe_dir = tmp_path / "probes" if probes else None
@@ -112,6 +120,8 @@ def make_pipeline(tmp_path: Path) -> Iterator[Callable[..., Pipeline]]:
             scoring=scoring,
             sink=sink,
             log_dir=tmp_path / "logs",
+            role_prefix=role_prefix,
+            role_env=role_env,
             **probe_options(probe_dir, tunables),
         )
         started.append(pipeline)

@@ -48,8 +48,15 @@ KILLED_JOB = Job("7d2e4a1c-9b3f-4e8d-8c5a-1a2b3c4d5e6f", "tok-killed")
 
 
 def start_training(
-    tmp_path: Path, name: str, job: Job, redis_url: str, spool: Path, epochs: float
+    tmp_path: Path,
+    name: str,
+    job: Job,
+    redis_url: str,
+    spool: Path,
+    epochs: float,
+    prefix: tuple[str, ...] = (),
 ) -> tuple[subprocess.Popen, Path]:
+    """Start ``train_proc`` (under ``prefix``: ``ip netns exec NS`` puts it behind a link)."""
     report = tmp_path / f"{name}.json"
     config = {
         "workdir": str(tmp_path / name),
@@ -64,7 +71,7 @@ def start_training(
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     log = open(tmp_path / f"{name}.log", "wb")  # noqa: SIM115 (owned by the child)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.chaos.train_proc", str(config_path)],
+        [*prefix, sys.executable, "-m", "tests.chaos.train_proc", str(config_path)],
         env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     log.close()

@@ -33,6 +33,7 @@ class RecordingPublisher(EventPublisher):
         super().__init__(*args, **kwargs)
         self.published: list[str] = []
         self.publish_seconds: list[float] = []
+        self.publish_times: list[float] = []  # when each emit call ran (wall clock)
         self._accepted: list[Any] = []
         # Line-buffered: what was published before a SIGKILL is still in the file.
         self._log = open(log_path, "w", buffering=1, encoding="utf-8")  # noqa: SIM115
@@ -42,6 +43,7 @@ class RecordingPublisher(EventPublisher):
         start = time.perf_counter()
         accepted = super().emit(*args, **kwargs)
         self.publish_seconds.append(time.perf_counter() - start)
+        self.publish_times.append(time.time())
         self._record()
         return accepted
 
@@ -49,6 +51,7 @@ class RecordingPublisher(EventPublisher):
         start = time.perf_counter()
         accepted = super().publish(event)
         self.publish_seconds.append(time.perf_counter() - start)
+        self.publish_times.append(time.time())
         self._record()
         return accepted
 
@@ -122,6 +125,9 @@ def main(config_path: str) -> None:
                 "train_finished": finished,
                 "publish_seconds_max": max(publisher.publish_seconds, default=0.0),
                 "publish_calls": len(publisher.publish_seconds),
+                "emit_calls": list(
+                    zip(publisher.publish_times, publisher.publish_seconds, strict=True)
+                ),
                 "spool_max_bytes": clock.spool_max_bytes,
                 "queue_max": clock.queue_max,
                 "sent": publisher.sent,
