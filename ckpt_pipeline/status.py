@@ -25,6 +25,7 @@ def pipeline_state(redis: Any, job_id: str, queue: Any = None) -> dict[str, Any]
     version, written = state.version, meta.written_version
     stalled = meta.stalled_since if not state.end else None
     letters = list_dead_letters(redis, count=5, job_id=job_id)
+    lost = state.events_lost_total
     return {
         "registered": bool(meta.token),
         "active": bool((queue if queue is not None else redis).sismember(keys.JOBS, job_id)),
@@ -36,12 +37,23 @@ def pipeline_state(redis: Any, job_id: str, queue: Any = None) -> dict[str, Any]
         "evals": len(state.evals),
         "dead_letters": state.dead_letters,
         "recent_dead_letters": [f"{entry_id}: {letter.reason}" for entry_id, letter in letters],
+        "events_lost": lost,
+        **({"events_lost_note": events_lost_note(lost)} if lost else {}),
         "sink_error": meta.sink_error,
         "sink_error_kind": meta.sink_error_kind,
         "cut_off": meta.cut_off,
         "stalled_since": None if stalled is None else repr(stalled),  # as stored
         "decision": decision_header(redis, job_id),
     }
+
+
+def events_lost_note(lost: int) -> str:
+    """Say what ``lost`` events reported lost by the job's producers mean for its row."""
+    return (
+        f"{lost} events of this job never reached the pipeline: its training process dropped "
+        "them (memory queue full while Redis was unreachable and the spool disk full or "
+        "failing), so the row and its best checkpoint were computed without them"
+    )
 
 
 def decision_header(redis: Any, job_id: str) -> dict[str, str] | None:

@@ -9,9 +9,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from .wire import (
-    KINDS,
+    EVENTS_LOST,
     MAX_EVENT_BYTES,
     MAX_LIST_ITEMS,
+    WIRE_KINDS,
     WIRE_VERSION,
     is_valid_job_id,
 )
@@ -60,7 +61,7 @@ def build_event(
     Raises:
         ValueError: on an unknown kind, an invalid job id or a negative step.
     """
-    if kind not in KINDS:
+    if kind not in WIRE_KINDS:
         raise ValueError(f"unknown event kind {kind!r}")
     if not is_valid_job_id(job_id):
         raise ValueError(f"invalid job id {job_id!r}")
@@ -81,6 +82,23 @@ def build_event(
         "metrics": clean_metrics,
         "info": dict(info or {}),
     }
+
+
+def build_loss_report(job_id: str, instance: str, lost: int, ts: float | None = None) -> Event:
+    """Return a publisher's ``events_lost`` report (DESIGN section 3, ``producer.wire``).
+
+    Args:
+        job_id: the job the publisher publishes for.
+        instance: the publisher's id (random hex, made once per publisher).
+        lost: how many events this publisher dropped since it was made (cumulative, so that
+            a report delivered twice, or an older one delivered late, changes nothing).
+        ts: producer time; now by default.
+
+    Raises:
+        ValueError: on an invalid job id.
+    """
+    info = {"instance": instance, "lost": int(lost)}
+    return build_event(EVENTS_LOST, job_id, 0, info=info, ts=ts)
 
 
 def encode_event(event: Event) -> str:

@@ -18,7 +18,15 @@ TRAIN_LOG = "train_log"
 EVAL = "eval"
 CHECKPOINT_SAVED = "checkpoint_saved"
 TRAIN_END = "train_end"
-KINDS = (TRAIN_BEGIN, TRAIN_LOG, EVAL, CHECKPOINT_SAVED, TRAIN_END)
+KINDS = (TRAIN_BEGIN, TRAIN_LOG, EVAL, CHECKPOINT_SAVED, TRAIN_END)  # what a training run says
+# The publisher's own report, not a training fact: ``info.instance`` (the publisher's random
+# id, INSTANCE_ID_HEX hex digits) and ``info.lost`` (how many events that publisher dropped
+# so far, cumulative). Sent with step 0, ahead of the publisher's other events, whenever the
+# count grew; the scorer keeps the largest count per instance, so re-deliveries add nothing
+# and each restart of a training process (a new instance) adds its own.
+EVENTS_LOST = "events_lost"
+WIRE_KINDS = (*KINDS, EVENTS_LOST)  # every kind the scorer accepts
+INSTANCE_ID_HEX = 32
 
 END_STATUSES = ("completed", "failed", "cancelled")  # the finished statuses of a job
 

@@ -21,6 +21,8 @@ from producer.wire import (
     CHECKPOINT_PREFIX,
     END_STATUSES,
     EVENT_FIELD,
+    EVENTS_LOST,
+    INSTANCE_ID_HEX,
     JOB_ID_PATTERN,
     MAX_EVENT_BYTES,
     MAX_LIST_ITEMS,
@@ -88,10 +90,18 @@ class TrainEndInfo(_Info):
     error: Annotated[str, Field(max_length=8000)] | None = None
 
 
+class EventsLostInfo(_Info):
+    """``info`` of ``events_lost``: a publisher's cumulative count of the events it dropped."""
+
+    instance: Annotated[str, Field(pattern=rf"^[0-9a-f]{{{INSTANCE_ID_HEX}}}$")]
+    lost: Count
+
+
 _INFO_MODELS: dict[str, type[_Info]] = {
     "train_begin": TrainBeginInfo,
     "checkpoint_saved": CheckpointInfo,
     "train_end": TrainEndInfo,
+    EVENTS_LOST: EventsLostInfo,
 }
 
 
@@ -102,7 +112,9 @@ class WireEvent(BaseModel):
 
     v: Literal[1]
     job_id: Annotated[str, Field(pattern=rf"^{JOB_ID_PATTERN}$")]
-    kind: Literal["train_begin", "train_log", "eval", "checkpoint_saved", "train_end"]
+    kind: Literal[
+        "train_begin", "train_log", "eval", "checkpoint_saved", "train_end", "events_lost"
+    ]
     step: Count
     epoch: Epoch | None = None
     ts: Timestamp

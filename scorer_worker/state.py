@@ -18,7 +18,7 @@ from typing import Any
 
 import pydantic_core
 
-from producer.wire import as_text
+from producer.wire import MAX_STEP, as_text
 
 from .models import CheckpointInfo, TrainBeginInfo, TrainEndInfo, WireEvent
 from .summary import Summary
@@ -29,6 +29,11 @@ HEAD_FIELD = "head"
 PACKED_FIELD = "packed"
 # Field prefixes of the per-step records in the state hash: "t:40" is the train log of step 40.
 RECORD_PREFIXES = {"train": "t:", "evals": "e:", "saves": "s:"}
+# events_lost: the largest count per publisher instance is kept (a duplicate or older report
+# changes nothing; a restarted process, a new instance, adds its own), for the 64 instances
+# with the largest counts (order-independent too); past that the row's sum is a lower bound.
+MAX_LOSS_REPORTERS = 64
+_NEVER_SUPERSEDED = ("train_begin", "events_lost")  # a resume drops records, not losses
 
 
 @dataclass
@@ -111,6 +116,7 @@ class JobState:
     eval_version: int = 0  # state version at which an evaluation last changed
     packed: bool = False  # the records are stored compressed (a finished job)
     summary: Summary | None = None  # the row's aggregates; None until rebuilt from all records
+    events_lost: dict[str, int] = field(default_factory=dict)  # publisher instance: its count
 
     def apply(self, event: WireEvent) -> bool:
         """Fold one validated event into the state.
@@ -118,20 +124,21 @@ class JobState:
         Returns:
             True when the state changed (a duplicate or superseded event changes nothing).
         """
-        if event.kind != "train_begin" and self._superseded(event.ts, event.step):
+        if event.kind not in _NEVER_SUPERSEDED and self._superseded(event.ts, event.step):
             return False
         return _APPLY[event.kind](self, event)
 
     def would_change(self, event: WireEvent) -> bool:
         """Return True when applying ``event`` would change the state; the state is untouched."""
-        trial = replace(
-            self,
-            begins=list(self.begins),
-            train=dict(self.train),
-            evals=dict(self.evals),
-            saves=dict(self.saves),
-        )
+        trial = replace(self, begins=list(self.begins), train=dict(self.train),
+                        evals=dict(self.evals), saves=dict(self.saves),
+                        events_lost=dict(self.events_lost))  # fmt: skip
         return trial.apply(event)
+
+    @property
+    def events_lost_total(self) -> int:
+        """Events the job's publishers reported lost, summed (capped at what a row holds)."""
+        return min(sum(self.events_lost.values()), MAX_STEP)
 
     @property
     def status(self) -> str:
@@ -151,12 +158,8 @@ class JobState:
         return max(self._timestamps(), default=None)
 
     def _timestamps(self) -> list[float]:
-        stamps = [b.ts for b in self.begins]
-        for records in (self.train, self.evals, self.saves):
-            stamps.extend(r.ts for r in records.values())
-        if self.end is not None:
-            stamps.append(self.end.ts)
-        return stamps
+        kept = (*self.begins, *self.train.values(), *self.evals.values(), *self.saves.values())
+        return [r.ts for r in kept] + ([self.end.ts] if self.end is not None else [])
 
     @property
     def latest_begin(self) -> Begin | None:
@@ -171,10 +174,8 @@ class JobState:
     @property
     def max_step(self) -> int:
         """The highest step any kept record reached."""
-        steps = [*self.train, *self.evals, *self.saves]
-        if self.end is not None:
-            steps.append(self.end.step)
-        return max(steps, default=0)
+        ended = [self.end.step] if self.end is not None else []
+        return max([*self.train, *self.evals, *self.saves, *ended], default=0)
 
     def _superseded(self, ts: float, step: int) -> bool:
         return any(
@@ -184,14 +185,8 @@ class JobState:
 
     def _apply_begin(self, event: WireEvent) -> bool:
         info: TrainBeginInfo = event.info
-        begin = Begin(
-            event.ts,
-            info.resumed_from_step,
-            info.max_steps,
-            info.num_train_epochs,
-            info.save_total_limit,
-            info.output_dir,
-        )
+        begin = Begin(event.ts, info.resumed_from_step, info.max_steps, info.num_train_epochs,
+                      info.save_total_limit, info.output_dir)  # fmt: skip
         if any(_rank(b) == _rank(begin) for b in self.begins):
             return False  # a duplicate
         # Two different begins at one time are both kept: each drops what it supersedes, so
@@ -212,13 +207,8 @@ class JobState:
 
     def _apply_train_log(self, event: WireEvent) -> bool:
         metrics = event.metrics
-        record = TrainRecord(
-            event.ts,
-            event.epoch,
-            metrics.get("loss"),
-            metrics.get("learning_rate"),
-            metrics.get("grad_norm"),
-        )
+        record = TrainRecord(event.ts, event.epoch, metrics.get("loss"),
+                             metrics.get("learning_rate"), metrics.get("grad_norm"))  # fmt: skip
         return self._put(self.train, event.step, record)
 
     def _apply_eval(self, event: WireEvent) -> bool:
@@ -234,17 +224,22 @@ class JobState:
         info: TrainEndInfo = event.info
         if any(b.ts > event.ts for b in self.begins):
             return False  # this attempt was followed by another
-        end = End(
-            event.ts,
-            event.step,
-            info.status,
-            info.error,
-            event.metrics.get("train_runtime"),
-            event.metrics.get("train_loss"),
-        )
+        metrics = event.metrics
+        end = End(event.ts, event.step, info.status, info.error,
+                  metrics.get("train_runtime"), metrics.get("train_loss"))  # fmt: skip
         if self.end is not None and _rank(self.end) >= _rank(end):
             return False
         self.end = end
+        return True
+
+    def _apply_events_lost(self, event: WireEvent) -> bool:
+        counts, name, lost = self.events_lost, event.info.instance, event.info.lost
+        if lost <= counts.get(name, 0):
+            return False  # a duplicate, or an older report of that publisher
+        counts[name] = lost
+        if len(counts) > MAX_LOSS_REPORTERS:  # the smallest (count, instance) goes
+            del counts[smallest := min(counts, key=lambda n: (counts[n], n))]
+            return smallest != name
         return True
 
     def _put(self, records: dict[int, Any], step: int, record: Any) -> bool:
@@ -270,11 +265,7 @@ class JobState:
     @classmethod
     def from_json(cls, text: str | bytes) -> JobState:
         """Decode a state written by :meth:`to_json`."""
-        data = json.loads(text)
-        data.pop("format", None)
-        data["begins"] = [Begin(**b) for b in data["begins"]]
-        data["end"] = End(**data["end"]) if data["end"] else None
-        data["summary"] = Summary.from_dict(data["summary"]) if data.get("summary") else None
+        data = _decode_head(json.loads(text))
         for name, kind in (("train", TrainRecord), ("evals", EvalRecord), ("saves", SaveRecord)):
             data[name] = {int(step): kind(*values) for step, values in data[name].items()}
         return cls(**data)
@@ -286,6 +277,7 @@ class JobState:
         data["begins"] = [dict(vars(begin)) for begin in self.begins]
         data["end"] = dict(vars(self.end)) if self.end else None
         data["summary"] = self.summary.to_dict() if self.summary else None
+        data["events_lost"] = dict(self.events_lost)
         data["format"] = STATE_FORMAT
         # pydantic-core's encoder: a few times faster than json's on every drain's head, the
         # same JSON (NaN and Infinity spelled as json spells them, floats round-trip exactly).
@@ -296,12 +288,7 @@ class JobState:
         """Decode a head written by :meth:`head_json`; no records are loaded yet."""
         if not raw:
             return cls(job_id, profile=profile, summary=Summary())
-        data = pydantic_core.from_json(raw)  # reads what json wrote too (older heads)
-        data.pop("format", None)
-        data["begins"] = [Begin(**b) for b in data["begins"]]
-        data["end"] = End(**data["end"]) if data["end"] else None
-        data["summary"] = Summary.from_dict(data["summary"]) if data.get("summary") else None
-        return cls(**data)
+        return cls(**_decode_head(pydantic_core.from_json(raw)))  # json's too (older heads)
 
     def record_fields(self) -> dict[str, str]:
         """Encode every loaded record as ``{field: text}`` (fields like ``t:40``)."""
@@ -345,6 +332,16 @@ class JobState:
 
 
 HEAD_NAMES = tuple(name for name in JobState.__dataclass_fields__ if name not in RECORD_PREFIXES)
+
+
+def _decode_head(data: dict[str, Any]) -> dict[str, Any]:
+    # The typed parts (explicit: a head stored before loss reports existed has none).
+    data.pop("format", None)
+    data["begins"] = [Begin(**b) for b in data["begins"]]
+    data["end"] = End(**data["end"]) if data["end"] else None
+    data["summary"] = Summary.from_dict(data["summary"]) if data.get("summary") else None
+    data["events_lost"] = {str(k): int(v) for k, v in (data.get("events_lost") or {}).items()}
+    return data
 
 
 def encode_record(record: Any) -> str:
@@ -397,4 +394,5 @@ _APPLY = {
     "eval": JobState._apply_eval,
     "checkpoint_saved": JobState._apply_checkpoint,
     "train_end": JobState._apply_end,
+    "events_lost": JobState._apply_events_lost,
 }

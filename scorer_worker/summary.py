@@ -105,6 +105,8 @@ class Summary:
             return step not in state.saves
         if event.kind == "train_end":
             return state.end is None
+        if event.kind == "events_lost":
+            return True  # a publisher's report: no training fact, nothing summarized
         # A train_begin may drop records (rebuild), unless nothing is known yet: a new job.
         return self.last_ts is None
 
@@ -128,6 +130,8 @@ class Summary:
         ``load_evals(steps)`` must load those steps' evaluation records into ``state``
         (a new latest checkpoint re-picks the best among the retained ones).
         """
+        if event.kind == "events_lost":
+            return  # the state keeps it (not a fact of the run: no time, no step)
         step = event.step
         # A begin's step is where it resumed, not progress.
         self._observe_fact(event.ts, None if event.kind == "train_begin" else step)

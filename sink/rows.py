@@ -24,10 +24,15 @@ from scorer_worker.summary import Pick, Summary
 
 @dataclass(frozen=True)
 class Column:
-    """A column the sink writes, with its SQL type (PostgreSQL spelling)."""
+    """A column the sink writes, with its SQL type (PostgreSQL spelling).
+
+    ``default``, when set, makes the column ``NOT NULL DEFAULT <default>`` (a count every
+    row has, rows the sink never wrote included).
+    """
 
     name: str
     sql_type: str
+    default: str | None = None
 
 
 JOB_COLUMNS: tuple[Column, ...] = (
@@ -58,6 +63,9 @@ JOB_COLUMNS: tuple[Column, ...] = (
     Column("updated_at", "timestamptz"),
     Column("scoring_version", "bigint"),
     Column("best_score_breakdown", "jsonb"),
+    # Events the job's producers dropped and reported (events_lost): the row was computed
+    # without them. 003_events_lost.sql.
+    Column("events_lost", "integer", default="0"),
 )
 
 METRIC_COLUMNS: tuple[Column, ...] = (
@@ -129,6 +137,7 @@ def job_row(
         "updated_at": iso_time(s.last_ts),
         "scoring_version": state.version,
         "best_score_breakdown": json_safe(_breakdown(best, by_loss)),
+        "events_lost": state.events_lost_total,  # the scorer's sum of the producers' reports
     }
     return {name: _column_safe(value) for name, value in row.items()}
 

@@ -132,9 +132,11 @@ def test_emit_builds_off_the_training_thread_from_a_copy_and_drops_unbuildable_e
     assert publisher.emit("no_such_kind", 2, 0.2, {"loss": 0.1})  # queued; built later
     assert publisher.emit("train_log", -3, 0.3, {"loss": 0.1})  # negative step
     publisher.close(timeout_s=5.0)
-    (event,) = [decode_event(raw, JOB) for raw in stream_raw(redis_client)]
+    event, *reports = [decode_event(raw, JOB) for raw in stream_raw(redis_client)]
     assert event.metrics == {"loss": 0.5} and before <= event.ts <= time.time()
     assert publisher.dropped == 2 and publisher.sent == 1
+    # The two that could not be built are lost events too: the scorer is told.
+    assert [(r.kind, r.info.lost) for r in reports] == [("events_lost", 2)]
 
 
 def test_unreachable_redis_spools_then_a_new_publisher_delivers_spool_first(
@@ -274,7 +276,10 @@ def test_bounded_queue_drops_and_counts_instead_of_growing(tmp_path: Path, publi
     assert max(durations) < MAX_PUBLISH_S
 
     publisher.close(timeout_s=5.0)
-    assert spool_steps(publisher.spool) == list(range(10))
+    # Then the report of the 15 dropped, spooled too (Redis is unreachable at close).
+    assert spool_steps(publisher.spool) == [*range(10), 0]
+    report = decode_event(publisher.spool.read_batch(100)[0][-1], JOB)
+    assert (report.kind, report.info.lost) == ("events_lost", 15)
 
 
 def test_nan_and_infinities_travel_as_strings(

@@ -65,6 +65,7 @@ def make_row(version: int, **changes: Any) -> dict[str, Any]:
         "updated_at": "2024-05-01T10:05:00+00:00",
         "scoring_version": version,
         "best_score_breakdown": {"eval_loss": 0.25, "gap": 0.028, "improved": -0.1, "x": "inf"},
+        "events_lost": 0,
     }
     assert set(row) == set(JOB_COLUMN_NAMES)
     return {**row, **changes}
@@ -242,9 +243,11 @@ def migration_sql() -> str:
     ids=lambda value: getattr(value, "name", value),
 )
 def test_migration_adds_every_row_model_column_with_its_type(table: str, column: Any) -> None:
+    default = getattr(column, "default", None)  # the column is then NOT NULL DEFAULT it
+    constraint = rf"\s+NOT\s+NULL\s+DEFAULT\s+{re.escape(default)}" if default is not None else ""
     statement = (
         rf"ALTER\s+TABLE\s+{table}\s+ADD\s+COLUMN\s+IF\s+NOT\s+EXISTS\s+"
-        rf"\"?{re.escape(column.name)}\"?\s+{re.escape(column.sql_type)}\s*;"
+        rf"\"?{re.escape(column.name)}\"?\s+{re.escape(column.sql_type)}{constraint}\s*;"
     )
     assert re.search(statement, migration_sql(), re.IGNORECASE), statement
 

@@ -225,7 +225,9 @@ def _sink_error(exc: sqlite3.Error) -> Exception:
 
 
 def _column_sql(column: Column) -> str:
-    return f"{quote_ident(column.name)} {SQLITE_TYPES[column.sql_type]}"
+    # NOT NULL needs the default here too: SQLite adds such a column only with one.
+    declared = "" if column.default is None else f" NOT NULL DEFAULT {column.default}"
+    return f"{quote_ident(column.name)} {SQLITE_TYPES[column.sql_type]}{declared}"
 
 
 def _create_jobs_sql() -> str:
