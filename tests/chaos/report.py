@@ -18,7 +18,10 @@ from typing import Any
 from ckpt_pipeline.testing.processes import REPO
 
 from .faults import TARGETED_PHASES
+from .report_disk import full_disk
 from .report_failover import sentinel_failover
+from .report_network import network_sink, network_training, network_workers
+from .report_notes import METHOD, NOT_COVERED
 from .report_text import Figures, _lost, _n
 from .report_topology import cluster_failover, crash_on_a_cluster
 
@@ -262,68 +265,15 @@ EXPERIMENTS: list[tuple[str, str, str, Callable[[Figures], list[str]]]] = [
      "No lost wake-up", sentinel_failover),
     ("11-sentinel-failover-queue", "11b. Sentinel failover, the data on the same primary",
      "No lost wake-up", sentinel_failover),
+    ("13-network-training", "13. A slow, lossy, then blackholed link under training",
+     "Training is never hurt", network_training),
+    ("14-network-workers", "14. The pump and the workers blackholed from Redis",
+     "No lost wake-up", network_workers),
+    ("15-network-sink", "15. The sink blackholed from PostgreSQL mid-transaction",
+     "The sink converges", network_sink),
+    ("16-full-disk", "16. A full spool disk under training",
+     "Memory stays bounded; what a full disk loses is counted", full_disk),
 ]  # fmt: skip
-
-NOT_COVERED = """\
-- **Redis losing acknowledged writes.** With `appendfsync everysec` (Redis's default, and
-  what the tests run except right before the SIGKILL of experiment 3) a crash of Redis or
-  of its machine loses up to about a second of acknowledged writes: producer events are then
-  lost for good, and a lost state commit rolls the job's version back, so the sink's version
-  guard skips (STALE) the next writes until the version passes what the row holds; a finished
-  job's row can keep values from the lost commits. Only `appendfsync always` (slower) or a
-  replica that acknowledges writes (`WAIT`) closes this; experiment 3 crashes Redis only with
-  `appendfsync always`.
-- **Replication lag across machines**: the cluster's replicas run on the same machine, a
-  loopback hop behind their masters, so experiment 10 rarely loses an acknowledged event;
-  a slow or distant replica would lose more. A network partition that leaves a minority
-  master accepting writes is not simulated.
-- **Outages longer than `CKPT_REDIS_RETRY_S` (60 s)**: a worker busy with a task then sees
-  the Redis error and `rq worker` exits; a process supervisor must restart it (an idle
-  worker and the pump retry forever).
-- **Network faults other than a stopped server**: packet loss, partitions and slow links
-  (timeouts rather than refused connections), and latency injection were not simulated.
-- **PostgREST/Supabase under faults**: the Supabase writer is tested against recorded
-  requests only; the 60 s outage is of a PostgreSQL server, stopped cleanly. A PostgreSQL
-  crash and a failover are not part of these experiments (the writer's own tests kill a
-  server once).
-- **Events in a killed producer's memory**: a training process killed before its publisher
-  thread sent or spooled its last events (the 50 ms gathering window, or a send in
-  progress) loses them; only what reached the spool file is delivered later. A pod whose
-  disk goes with it loses its spool too.
-- **Disk full or unwritable spool**: not tested; the in-memory queue is bounded
-  (`max_queue_events`) and drops, counting them, beyond it.
-- **Clock skew between two attempts of one job** on different machines: resume handling
-  compares producer timestamps (docs/decisions.md); not tested.
-- **Several pumps (`--shard`)** under faults, worker OOM kills that leave the machine short
-  of memory and task timeouts (`CKPT_TASK_TIMEOUT_S`) being hit are not covered.
-- **Metric rows of steps a resume dropped**: when an attempt's steps past its resume point
-  were already written to `local_training_metrics` and the new attempt never reaches those
-  steps again, their rows stay (the sink writes changed steps; it deletes none). The row of
-  `local_training_jobs` is right. Found by the flood experiment with short runs; the
-  experiments use runs whose second attempt re-covers the dropped steps.
-- **Timing figures** come from one two-core machine shared with other work; they show
-  orders of magnitude, not service levels.
-"""
-
-METHOD = """\
-- Every experiment runs the Procfile's commands as separate processes (`ckpt-pipeline
-  pump`, `rq worker scoring|sink --worker-class
-  ckpt_pipeline.worker.PipelineWorker --connection-class
-  scorer_worker.connection.RetryingRedis`) against a private `redis-server` (AOF on, fixed
-  port so it can restart) and a private PostgreSQL (migrations applied), from
-  `tests/chaos/conftest.py`.
-- A kill is SIGKILL of the process group and of any RQ work-horse (which RQ puts in a session
-  of its own): a crash of the process and of the task it runs. The Procfile's
-  `PipelineWorker` runs tasks in the worker process itself, so a kill in a task kills the
-  worker. Kills are aimed with probes
-  that `tests/chaos/inject/sitecustomize.py` adds to the workers (marks, and a short linger
-  after a state commit or before a task starts; they change no decision of the pipeline).
-- "Identical to a fault-free run" means: the same event lists are published to a fresh
-  Redis and database and drained by the same tasks with no fault; every job row column the
-  sink writes but `scoring_version` and every metric row must be equal.
-- Convergence: every job's stream drained and its row at the state's version
-  (`written_version == version`), measured from the last fault.
-"""
 
 
 def render(results: dict[str, Any]) -> str:
@@ -339,7 +289,7 @@ def render(results: dict[str, Any]) -> str:
         "(`tests/chaos/`, marked `chaos`, run by `.ci/run`):",
         "",
         "```",
-        "python -m pytest -m chaos                          # about 9 minutes on 2 cores",
+        "python -m pytest -m chaos                          # about 15 minutes on 2 cores",
         "python -m tests.chaos.report chaos-results.json    # this file",
         "```",
         "",
@@ -358,6 +308,7 @@ def render(results: dict[str, Any]) -> str:
             (f[k] for k in ("converged_seconds_after_last_fault",
                             "converged_seconds_after_failover",
                             "converged_seconds_after_postgres_returned",
+                            "converged_seconds_after_heal", "delivered_seconds_after_heal",
                             "scoring_converged_seconds", "converged_seconds") if k in f),
             "?",
         )  # fmt: skip
