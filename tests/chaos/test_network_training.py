@@ -164,7 +164,10 @@ def test_lossy_then_blackholed_link_costs_training_nothing_and_loses_nothing(
         },
     )
     print(f"timing {timing}; link {link_stats}; delivered {delivered_s:.1f}s after the heal")
-    assert link_stats["dropped"] > 0 and link_stats["delayed"] > 0, "the faults must bite"
+    # The faults must bite. Only the delay is asserted: about 70 packets cross in the lossy
+    # phase, so "none lost" has a few per cent chance (tests/test_netfault.py checks the loss
+    # rate on 1,000 datagrams).
+    assert link_stats["delayed"] > 20 and link_stats["blackholed"] > 0, "the faults must bite"
     assert run["dropped"] == 0 and run["spool_left_bytes"] == 0
     assert in_order == run["published"] and missing == 0
     # The benchmark's target on the calls made while the link was bad (both phases pooled:
