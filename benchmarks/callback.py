@@ -46,14 +46,14 @@ def run(ctx: Context) -> list[Figure]:
     publisher = EventPublisher(JOB, server.url, spool_dir=folder / "spool")
     callback = CheckpointEventsCallback(JOB, publisher=publisher)
     try:
-        _calls(callback, args, state, control, 500)  # warm up: connection, imports, caches
+        timed_calls(callback, args, state, control, 500)  # warm up: connection, imports, caches
         publisher.flush(10)
-        up = _calls(callback, args, state, control, size["calls"])
+        up = timed_calls(callback, args, state, control, size["calls"])
         if not publisher.flush(30):
             raise RuntimeError("the publisher did not deliver the events")
         delivered = server_xlen(server.url)
         ctx.stop_redis(server)
-        down = _calls(callback, args, state, control, size["calls"])
+        down = timed_calls(callback, args, state, control, size["calls"])
         publisher.flush(30)
         spooled = publisher.spooled
     finally:
@@ -83,7 +83,11 @@ def run(ctx: Context) -> list[Figure]:
     ]  # fmt: skip
 
 
-def _calls(callback, args, state, control, count: int) -> list[float]:
+def timed_calls(
+    callback, args, state, control, count: int, started_at: list[float] | None = None
+) -> list[float]:
+    """Call ``on_log`` ``count`` times, one per ms; return each call's µs (and, into
+    ``started_at``, each call's wall-clock start: the network experiment splits by phase)."""
     times = []
     perf = time.perf_counter_ns
     next_at = time.perf_counter()
@@ -97,6 +101,8 @@ def _calls(callback, args, state, control, count: int) -> list[float]:
             "learning_rate": 5e-4,
             "epoch": state.epoch,
         }
+        if started_at is not None:
+            started_at.append(time.time())
         start = perf()
         callback.on_log(args, state, control, logs=logs)
         times.append((perf() - start) / 1000)

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -26,6 +29,8 @@ import redis
 from ckpt_pipeline.testing.convergence import wait_converged
 from ckpt_pipeline.testing.jobs import Job
 from ckpt_pipeline.testing.netfault import Link, unavailable_reason
+from ckpt_pipeline.testing.processes import REPO
+from producer.wire import stream_key
 
 from .harness import dead_letter_count, record, reference_run, setup_jobs
 from .rows import compare_runs
@@ -47,6 +52,7 @@ FAULT_AT_STEP = 60
 EPOCHS = 300  # 1,500 optimizer steps: the faults fall well inside training
 CALLBACK_P99_TARGET_S = 200e-6  # BENCHMARKS.md, callback_p99_us
 JOB = Job("3e1d7c55-8a0b-4f2e-b6d4-4c9a1e2f3b70", "tok-network-training")
+PROBE_JOB = "network-callback-probe"  # tests/chaos/callback_probe.py
 
 
 def calls_between(calls: list[list[float]], start: float, end: float) -> list[float]:
@@ -65,6 +71,35 @@ def phase_timing(run: dict, phases: dict[str, tuple[float, float]]) -> dict[str,
         figures[f"callback_p99_us_{name}"] = round(percentile(calls, 0.99) * 1e6, 1)
         gaps = [b[1] - a[1] for a, b in itertools.pairwise(steps) if start <= a[1] < end]
         figures[f"median_step_s_{name}"] = round(statistics.median(gaps), 4)
+    return figures
+
+
+def start_probe(tmp_path: Path, link: Link, redis_url: str) -> tuple[Path, subprocess.Popen]:
+    """Start the callback benchmark's measurement in the link's namespace; wait until warm."""
+    report = tmp_path / "probe.json"
+    log = open(tmp_path / "probe.log", "wb")  # noqa: SIM115 (owned by the child)
+    argv = [sys.executable, "-m", "tests.chaos.callback_probe", redis_url]
+    probe = subprocess.Popen(
+        link.wrap([*argv, str(tmp_path / "probe-spool"), str(report), "600"]),
+        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    log.close()
+    deadline = time.monotonic() + 120
+    while not report.with_suffix(".ready").exists():
+        assert probe.poll() is None and time.monotonic() < deadline, "the probe did not start"
+        time.sleep(0.1)
+    return report, probe
+
+
+def probe_timing(calls: list[list[float]], phases: dict[str, tuple[float, float]]) -> dict:
+    """The benchmark's figures (median, p99 in µs) of the probe's calls in each phase."""
+    figures: dict[str, float] = {}
+    for name, (start, end) in phases.items():
+        durations = [us for at, us in calls if start <= at < end]
+        figures[f"bench_callback_calls_{name}"] = len(durations)
+        figures[f"bench_callback_median_us_{name}"] = round(statistics.median(durations), 1)
+        figures[f"bench_callback_p99_us_{name}"] = round(percentile(durations, 0.99), 1)
     return figures
 
 
@@ -93,6 +128,7 @@ def test_lossy_then_blackholed_link_costs_training_nothing_and_loses_nothing(
             EPOCHS,
             prefix=tuple(link.wrap([])),
         )
+        probe_report, probe = start_probe(tmp_path, link, server.url_on(link.host_ip))
         wait_for_step(report, FAULT_AT_STEP, proc)
         started_at = time.time()
         link.degrade(delay_ms=200, loss_pct=5)
@@ -105,8 +141,13 @@ def test_lossy_then_blackholed_link_costs_training_nothing_and_loses_nothing(
         healed_at = time.time()
         link_stats = link.stats()
         delivered_s = wait_delivered(client, report.with_suffix(".published.jsonl"), 90)
+        time.sleep(5)  # the probe's calls after the heal
+        probe_report.with_suffix(".stop").touch()
+        assert probe.wait(timeout=120) == 0, (tmp_path / "probe.log").read_text()[-3000:]
         assert proc.wait(timeout=300) == 0, (tmp_path / "train.log").read_text()[-3000:]
         backend = link.backend
+    client.delete(stream_key(PROBE_JOB))  # not a job of the pipeline
+    probe_run = json.loads(probe_report.read_text())
     run = json.loads(report.read_text())
     steps_at = [at for _, at, _ in run["steps"]]
     assert steps_at[-1] > healed_at, "training must outlast the faults"
@@ -114,16 +155,15 @@ def test_lossy_then_blackholed_link_costs_training_nothing_and_loses_nothing(
 
     delivered = stream_payloads(client, JOB.id)
     in_order, redelivered = first_occurrences(delivered)
-    timing = phase_timing(
-        run,
-        {
-            "healthy": (started_at - 30, degraded_at),
-            "degraded": (degraded_at, blackholed_at),
-            "blackholed": (blackholed_at, healed_at),
-            "faults": (degraded_at, healed_at),
-            "after": (healed_at, steps_at[-1]),
-        },
-    )
+    phases = {
+        "healthy": (started_at - 30, degraded_at),
+        "degraded": (degraded_at, blackholed_at),
+        "blackholed": (blackholed_at, healed_at),
+        "faults": (degraded_at, healed_at),
+        "after": (healed_at, steps_at[-1]),
+    }
+    timing = phase_timing(run, phases)
+    bench = probe_timing(probe_run["calls"], phases)
 
     db = make_database("network")
     setup_jobs(db, client, [JOB])
@@ -152,6 +192,8 @@ def test_lossy_then_blackholed_link_costs_training_nothing_and_loses_nothing(
             "events_missing": missing,
             "in_order": in_order == run["published"],
             **timing,
+            **bench,
+            "probe_events_dropped": probe_run["dropped"],
             "delivered_seconds_after_heal": round(delivered_s, 1),
             "spool_empty_seconds_after_heal": (
                 round(spool_empty_at - healed_at, 1) if spool_empty_at else None
@@ -170,10 +212,13 @@ def test_lossy_then_blackholed_link_costs_training_nothing_and_loses_nothing(
     assert link_stats["delayed"] > 20 and link_stats["blackholed"] > 0, "the faults must bite"
     assert run["dropped"] == 0 and run["spool_left_bytes"] == 0
     assert in_order == run["published"] and missing == 0
-    # The benchmark's target on the calls made while the link was bad (both phases pooled:
-    # a p99 of fewer than 100 calls would be their maximum).
-    assert timing["callback_calls_faults"] > 150
-    assert timing["callback_p99_us_faults"] <= CALLBACK_P99_TARGET_S * 1e6
+    # The benchmark's own measurement, in each phase of the link: within its target.
+    for phase in ("degraded", "blackholed"):
+        assert bench[f"bench_callback_calls_{phase}"] > 5000
+        assert bench[f"bench_callback_p99_us_{phase}"] <= CALLBACK_P99_TARGET_S * 1e6, bench
+    assert probe_run["dropped"] == 0
+    # The training process's own calls (a few hundred, next to torch: their p99 is near the
+    # target even on a healthy link) may not grow with the faults.
     assert timing["callback_median_us_faults"] <= 2 * timing["callback_median_us_after"] + 5
     for phase in ("degraded", "blackholed"):
         assert timing[f"median_step_s_{phase}"] < 1.5 * timing["median_step_s_after"] + 0.01
