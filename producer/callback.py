@@ -308,7 +308,7 @@ class CheckpointEventsCallback(TrainerCallback):
                 from redis.backoff import NoBackoff
                 from redis.retry import Retry
 
-                from .publisher import open_redis  # a cluster client on a cluster node
+                from .clients import open_redis  # a cluster client on a cluster node
 
                 timeout = min(DECISION_SOCKET_TIMEOUT_S, max(self.decision_timeout_s, 0.05))
                 self._reader = open_redis(

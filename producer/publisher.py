@@ -24,10 +24,19 @@ import time
 from collections import deque
 from typing import Any
 
+from .clients import open_redis
 from .events import Event, build_event, build_loss_report, encode_event
-from .spool import RareLog, Spool, default_spool_dir
-from .spool import flush_spool_dir as flush_spool_dir  # callers import it from here
-from .wire import CHECKPOINT_SAVED, EVAL, EVENT_FIELD, TRAIN_BEGIN, TRAIN_END, stream_key
+from .rare_log import RareLog
+from .spool import Spool, default_spool_dir, spool_files
+from .wire import (
+    CHECKPOINT_SAVED,
+    EVAL,
+    EVENT_FIELD,
+    INSTANCE_ID_HEX,
+    TRAIN_BEGIN,
+    TRAIN_END,
+    stream_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +95,8 @@ class EventPublisher:
         self.retry_max_s = retry_max_s
         self.sent = 0
         self.spooled = 0
-        self.instance = secrets.token_hex(16)  # in its reports: a restart's losses add up
+        # Named in its reports, so that the losses of a restarted process add up.
+        self.instance = secrets.token_hex(INSTANCE_ID_HEX // 2)
         self._refused = 0  # written by the caller's thread only (queue full, or closed)
         self._lost = 0  # written under _lock only (unbuildable, dropped from memory, at close)
         self._reported = 0  # ``dropped`` as of the last report that reached Redis
@@ -371,29 +381,17 @@ class EventPublisher:
         return self._client
 
 
-def open_redis(url: str, **options: Any) -> Any:
-    """Open a client of ``url``: a ``RedisCluster`` when the server is a Redis Cluster node.
+def flush_spool_dir(
+    directory: str | os.PathLike[str], redis_url: str, timeout_s: float = 60.0
+) -> dict[str, int]:
+    """Deliver the spool of every job found in ``directory`` (after a crashed training run).
 
-    The server is asked with ``CLUSTER SLOTS``, which a cluster client runs first anyway. A
-    plain server refuses it, and so does a pod's user on a plain server (its ACL grants it on
-    a cluster only, for this): the plain client is kept. Any other failure (Redis down) is
-    raised, so the caller spools and asks again later.
-
-    Args:
-        url: the Redis URL (the pod's carries its user and password).
-        **options: ``redis.Redis`` / ``RedisCluster`` options (timeouts).
+    Returns:
+        For each job, how many spool bytes are still undelivered (0 when all arrived).
     """
-    import redis  # imported here so that building events needs no redis package
-
-    client = redis.Redis.from_url(url, **options)
-    try:
-        client.execute_command("CLUSTER", "SLOTS")
-    except redis.ResponseError:
-        return client  # a plain server: this client is the one
-    except BaseException:
-        client.close()
-        raise
-    client.close()  # a cluster node: the cluster client opens its own connections
-    from redis.cluster import RedisCluster
-
-    return RedisCluster.from_url(url, **options)
+    results = {}
+    for job_id, _ in spool_files(directory):
+        publisher = EventPublisher(job_id, redis_url, spool_dir=directory, flush_interval_ms=1)
+        publisher.close(timeout_s)
+        results[job_id] = publisher.spool.undelivered_bytes()
+    return results

@@ -25,38 +25,10 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
+
+from .rare_log import RareLog
 
 log = logging.getLogger(__name__)
-
-RARE_LOG_S = 60.0  # a lasting failure (full disk, events dropped) is logged this often at most
-
-
-class RareLog:
-    """Logs the first message, then at most one per ``every_s`` saying how many it skipped.
-
-    A lasting failure (a full disk, events being dropped) then costs a log line a minute, not
-    one per batch.
-
-    Args:
-        logger: where the messages go.
-        every_s: the shortest time between two messages.
-    """
-
-    def __init__(self, logger: logging.Logger, every_s: float = RARE_LOG_S) -> None:
-        self.logger, self.every_s, self._next_at, self._skipped = logger, every_s, 0.0, 0
-
-    def __call__(self, level: int, message: str, *args: Any, exc_info: bool = False) -> None:
-        """Log ``message % args`` at ``level``, unless the last message is too recent."""
-        now = time.monotonic()
-        if now < self._next_at:
-            self._skipped += 1
-            return
-        if self._skipped:
-            message = f"{message} (and %d more since the last message)"
-            args = (*args, self._skipped)
-        self.logger.log(level, message, *args, exc_info=exc_info)
-        self._next_at, self._skipped = now + self.every_s, 0
 
 
 def default_spool_dir() -> Path:
@@ -323,21 +295,3 @@ def spool_files(directory: str | os.PathLike[str]) -> list[tuple[str, Path]]:
     return sorted(
         (path.name[: -len(suffix)], path) for path in folder.glob(f"*{suffix}") if path.is_file()
     )
-
-
-def flush_spool_dir(
-    directory: str | os.PathLike[str], redis_url: str, timeout_s: float = 60.0
-) -> dict[str, int]:
-    """Deliver the spool of every job found in ``directory`` (after a crashed training run).
-
-    Returns:
-        For each job, how many spool bytes are still undelivered (0 when all arrived).
-    """
-    from .publisher import EventPublisher  # here: the publisher imports this module
-
-    results = {}
-    for job_id, _ in spool_files(directory):
-        publisher = EventPublisher(job_id, redis_url, spool_dir=directory, flush_interval_ms=1)
-        publisher.close(timeout_s)
-        results[job_id] = publisher.spool.undelivered_bytes()
-    return results
