@@ -133,10 +133,45 @@ def open_leftovers(client: redis.Redis, s: Setup) -> dict[str, int]:
     return {"flush_locks_held": locks, "sink_transactions_open": int(sessions)}
 
 
-def converge_and_compare(
-    client: redis.Redis, s: Setup, pipeline: Pipeline, healed: float, make_database, make_redis
+@dataclass
+class Run:
+    """One experiment under way: the clients, the processes and the publishing thread."""
+
+    s: Setup
+    client: redis.Redis
+    pipeline: Pipeline
+    publisher: threading.Thread
+    cut: float = 0.0
+
+    def blackhole(self, port: int) -> None:
+        """Cut the link to ``port`` (Redis or PostgreSQL) and note when."""
+        self.s.link.blackhole(port=port)
+        self.cut = time.monotonic()
+
+    def alive(self) -> int:
+        """How many of the pipeline's processes are running (all of them, or a defect)."""
+        return sum(p.alive for p in self.pipeline.all())
+
+
+def start_run(s: Setup, make_pipeline: Callable[..., Pipeline]) -> Run:
+    """Register the jobs, start the processes and the publishing, wait ``BEFORE_S``."""
+    client = redis.Redis.from_url(s.redis.url, socket_timeout=10)
+    setup_jobs(s.db, client, s.jobs)
+    pipeline = start_pipeline(make_pipeline, s)
+    publisher = publish_until(s, time.monotonic() + BEFORE_S + BLACKHOLE_S)
+    time.sleep(BEFORE_S)
+    return Run(s, client, pipeline, publisher)
+
+
+def heal_and_compare(
+    run: Run, experiment: str, figures: dict[str, object], make_database, make_redis
 ) -> dict[str, object]:
-    """Wait for convergence after the heal; compare with a fault-free run of the events."""
+    """Heal the link; wait for convergence; compare with a fault-free run of the events;
+    record the figures and check what must hold after every blackhole."""
+    s, client = run.s, run.client
+    run.s.link.heal()
+    healed = time.monotonic()
+    run.publisher.join(30)
     wait_converged(client, s.ids, timeout_s=120)
     converged_s = time.monotonic() - healed
     time.sleep(1.0)  # a lock is released just after the write it guarded
@@ -144,68 +179,54 @@ def converge_and_compare(
     reference_db, reference_redis = make_database("reference"), make_redis("reference")
     reference_run(reference_redis.url, reference_db, s.jobs, s.events)
     comparison = compare_runs(s.db, reference_db, s.ids)
-    return {
+    figures = {
+        **figures,
+        "link_backend": "iptables DROP of the server port, both ways",
+        "blackhole_seconds": round(healed - run.cut, 1),
+        "link_packets": s.link.stats(),
+        "jobs": JOBS,
+        "events_published": JOBS * EVENTS_PER_JOB,
         "converged_seconds_after_heal": round(converged_s, 1),
         **leftovers,
         **comparison.summary(),
         "lost": comparison.lost,
         "duplicates": comparison.duplicate_metric_rows,
         "dead_letters": dead_letter_count(client),
-        "processes_that_exited_by_themselves": pipeline.exited(),
-        "process_restarts": sum(p.starts - 1 for p in pipeline.all()),
-        "_comparison": comparison,
+        "processes_that_exited_by_themselves": run.pipeline.exited(),
+        "process_restarts": sum(p.starts - 1 for p in run.pipeline.all()),
     }
-
-
-def check(figures: dict[str, object]) -> None:
-    """What must hold after every blackhole."""
-    comparison = figures.pop("_comparison")
-    assert comparison.lost == 0, comparison.examples[:5]  # type: ignore[attr-defined]
-    assert comparison.duplicate_metric_rows == 0  # type: ignore[attr-defined]
-    assert not comparison.differing_rows, comparison.examples[:5]  # type: ignore[attr-defined]
+    record(experiment, figures)
+    print(figures)
+    assert comparison.lost == 0, comparison.examples[:5]
+    assert comparison.duplicate_metric_rows == 0
+    assert not comparison.differing_rows, comparison.examples[:5]
     assert figures["dead_letters"] == 0
     assert figures["processes_that_exited_by_themselves"] == []
-    assert figures["flush_locks_held"] == 0 and figures["sink_transactions_open"] == 0
-    assert figures["converged_seconds_after_heal"] < 60
+    assert leftovers == {"flush_locks_held": 0, "sink_transactions_open": 0}
+    assert converged_s < 60
+    return figures
 
 
 def test_workers_and_pump_blackholed_from_redis_for_30s(
     setup: Setup, make_pipeline, make_database, make_redis
 ):
-    s = setup
-    client = redis.Redis.from_url(s.redis.url, socket_timeout=10)
-    setup_jobs(s.db, client, s.jobs)
-    pipeline = start_pipeline(make_pipeline, s)
-    publisher = publish_until(s, time.monotonic() + BEFORE_S + BLACKHOLE_S)
-    time.sleep(BEFORE_S)
-    s.link.blackhole(port=s.redis.port)
-    cut = time.monotonic()
+    run = start_run(setup, make_pipeline)
+    run.blackhole(setup.redis.port)
     time.sleep(1.0)  # commits already on the wire when the link went
-    versions_at_cut = committed_versions(client, s.ids)
+    versions_at_cut = committed_versions(run.client, setup.ids)
     time.sleep(BLACKHOLE_S - 1.0)
-    versions_before_heal = committed_versions(client, s.ids)
-    behind = len(levels(client, s.ids).behind_scoring)
-    alive_in_blackhole = [p.name for p in pipeline.all() if p.alive]
-    s.link.heal()
-    healed = time.monotonic()
-    publisher.join(30)
+    versions_before_heal = committed_versions(run.client, setup.ids)
+    behind = len(levels(run.client, setup.ids).behind_scoring)
+    alive = run.alive()
     figures = {
         "title": "Workers and pump blackholed from Redis",
-        "link_backend": "iptables DROP of the server port, both ways",
-        "blackhole_seconds": round(healed - cut, 1),
-        "link_packets": s.link.stats(),
-        "jobs": JOBS,
-        "events_published": JOBS * EVENTS_PER_JOB,
         "state_versions_committed_during_blackhole": versions_before_heal - versions_at_cut,
         "jobs_behind_scoring_at_heal": behind,
-        "processes_alive_through_blackhole": len(alive_in_blackhole),
-        **converge_and_compare(client, s, pipeline, healed, make_database, make_redis),
+        "processes_alive_through_blackhole": alive,
     }
-    record("14-network-workers", {k: v for k, v in figures.items() if k != "_comparison"})
-    print({k: v for k, v in figures.items() if k != "_comparison"})
+    heal_and_compare(run, "14-network-workers", figures, make_database, make_redis)
     assert versions_before_heal == versions_at_cut, "the blackhole must cut the workers off"
-    assert behind > 0 and len(alive_in_blackhole) == len(pipeline.all())
-    check(figures)
+    assert behind > 0 and alive == len(run.pipeline.all())
 
 
 def cut_transactions(s: Setup, timeout_s: float = 30.0) -> list[int]:
@@ -236,42 +257,25 @@ def wait_sessions_ended(s: Setup, pids: list[int], timeout_s: float) -> None:
 def test_sink_blackholed_from_postgres_mid_transaction_for_30s(
     setup: Setup, make_pipeline, make_database, make_redis
 ):
-    s = setup
-    client = redis.Redis.from_url(s.redis.url, socket_timeout=10)
-    setup_jobs(s.db, client, s.jobs)
-    pipeline = start_pipeline(make_pipeline, s)
-    publisher = publish_until(s, time.monotonic() + BEFORE_S + BLACKHOLE_S)
-    time.sleep(BEFORE_S)
-    slow_writes(s.db, 1.0, 2.0)  # every row UPDATE now spends 2 s inside its transaction
-    pids = cut_transactions(s)
-    s.link.blackhole(port=s.postgres.port)
-    cut = time.monotonic()
+    run = start_run(setup, make_pipeline)
+    slow_writes(setup.db, 1.0, 2.0)  # every row UPDATE now spends 2 s inside its transaction
+    pids = cut_transactions(setup)
+    run.blackhole(setup.postgres.port)
     # No DDL here (slow_writes' trigger swap would wait for the very locks being measured).
-    pg_execute(s.db, "DELETE FROM chaos_slow")
-    wait_sessions_ended(s, pids, timeout_s=BLACKHOLE_S - 2)
-    ended_s = time.monotonic() - cut
-    time.sleep(max(0.0, BLACKHOLE_S - (time.monotonic() - cut)))
-    behind = len(levels(client, s.ids).behind_sink)
-    alive_in_blackhole = [p.name for p in pipeline.all() if p.alive]
-    s.link.heal()
-    healed = time.monotonic()
-    publisher.join(30)
+    pg_execute(setup.db, "DELETE FROM chaos_slow")
+    wait_sessions_ended(setup, pids, timeout_s=BLACKHOLE_S - 2)
+    ended_s = time.monotonic() - run.cut
+    time.sleep(max(0.0, BLACKHOLE_S - ended_s))
+    behind = len(levels(run.client, setup.ids).behind_sink)
+    alive = run.alive()
     figures = {
         "title": "Sink blackholed from PostgreSQL mid-transaction",
-        "link_backend": "iptables DROP of the server port, both ways",
-        "blackhole_seconds": round(healed - cut, 1),
-        "link_packets": s.link.stats(),
-        "jobs": JOBS,
-        "events_published": JOBS * EVENTS_PER_JOB,
         "transactions_cut_holding_row_locks": len(pids),
         "abandoned_transactions_ended_seconds": round(ended_s, 1),
         "jobs_behind_the_sink_at_heal": behind,
-        "processes_alive_through_blackhole": len(alive_in_blackhole),
-        **converge_and_compare(client, s, pipeline, healed, make_database, make_redis),
+        "processes_alive_through_blackhole": alive,
     }
-    record("15-network-sink", {k: v for k, v in figures.items() if k != "_comparison"})
-    print({k: v for k, v in figures.items() if k != "_comparison"})
-    assert pids and behind > 0 and len(alive_in_blackhole) == len(pipeline.all())
+    heal_and_compare(run, "15-network-sink", figures, make_database, make_redis)
+    assert pids and behind > 0 and alive == len(run.pipeline.all())
     # Ended by the server: the slow UPDATE (2 s) plus the idle-in-transaction timeout (10 s).
     assert ended_s < 2 + 10 + 5
-    check(figures)
