@@ -6,7 +6,8 @@ published by a pod (those with a pod user), how many entries were added since th
 A job past a limit is cut off: its pod user is disabled and its connections closed, the
 reason is recorded in its meta hash, and the next drain folds the cut-off into the state (the
 row ends ``failed`` with the reason) and frees the backlog unread. Jobs published by trusted
-processes (local training, ``replay``) are held only to the backlog limits.
+processes (local training, ``replay``) are not limited (docs/decisions.md). The read is
+filtered in Redis: only the jobs the check may act on come back to Python.
 
 A running job whose last drained event is older than ``stall_after_s`` is reported stalled:
 the pump records when, and the next drain folds it into the state (the row's error message
@@ -20,12 +21,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from producer.wire import as_text
+from producer.wire import RUNNING_STATUS, as_text
 
 from . import keys
 from .acl import disable_pod_user
 from .keys import MetaField
-from .scripts import per_job, run_chunked
+from .scripts import run_chunked
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,8 @@ class LimitKeeper:
             return []
         self._last_check = now
         to_drain = []
-        for usage in read_usage(self.redis, job_ids):
+        stall_before = time.time() - self.settings.stall_after_s
+        for usage in read_usage(self.redis, job_ids, stall_before):
             if self._act(usage, now):
                 to_drain.append(usage.job_id)
         live = set(job_ids)  # built once: per entry it made the pruning O(jobs²)
@@ -123,7 +125,7 @@ class LimitKeeper:
         return None
 
     def _stalled(self, usage: Usage) -> bool:
-        if usage.status != "running" or usage.drained_at is None or usage.undrained > 0:
+        if usage.status != RUNNING_STATUS or usage.drained_at is None or usage.undrained > 0:
             return False
         if usage.stalled_since is not None:
             return False
@@ -134,22 +136,29 @@ class LimitKeeper:
         return True
 
 
-def read_usage(redis: Any, job_ids: list[str]) -> list[Usage]:
-    """Read every job's usage (a script per chunk of jobs, one pipeline per node)."""
+def read_usage(redis: Any, job_ids: list[str], stall_before: float) -> list[Usage]:
+    """Read the usage of the jobs among ``job_ids`` the check may act on.
+
+    The filtering runs in Redis (``lua/job_usage.lua``, a script per chunk of jobs, one
+    pipeline per node): a job comes back when it is cut off with a backlog, has a pod user
+    (its limits and rate are checked on every look), or is a running job whose last drain was
+    before ``stall_before`` (trusted time) and whose silence is not reported yet. The others,
+    most of a busy fleet, cost the pump no Python time.
+    """
+    args = [*_USAGE_FIELDS, RUNNING_STATUS, repr(stall_before)]
     replies = run_chunked(
-        redis, "job_usage", job_ids, _usage_keys, _USAGE_FIELDS, chunk_jobs=USAGE_CHUNK_JOBS
+        redis, "job_usage", job_ids, _usage_keys, args, chunk_jobs=USAGE_CHUNK_JOBS
     )
-    rows = per_job(replies, len(job_ids))
     found = []
-    for job_id, row in zip(job_ids, rows, strict=True):
-        undrained, size, added, status, drained, stalled, cut, pod, state = row
-        found.append(
-            Usage(
-                job_id, int(undrained), int(size), int(added), as_text(status) or None,
-                _float(drained), _float(stalled), as_text(cut) or None, as_text(pod) or None,
-                int(state),
-            )
-        )  # fmt: skip
+    for indexes, rows in replies:
+        for index, undrained, size, added, status, drained, stalled, cut, pod, state in rows:
+            found.append(
+                Usage(
+                    job_ids[indexes[index - 1]], int(undrained), int(size), int(added),
+                    as_text(status) or None, _float(drained), _float(stalled),
+                    as_text(cut) or None, as_text(pod) or None, int(state),
+                )
+            )  # fmt: skip
     return found
 
 

@@ -14,6 +14,7 @@ from .scripts import registered, run_chunked
 
 # Redis runs a script alone: a chunk of jobs blocks it for about a millisecond.
 SCAN_CHUNK_JOBS = 500
+_BOTH_QUEUED = "3"  # queued_flags' digit: a drain (bit 1) and a flush (bit 2) are queued
 
 
 @dataclass(frozen=True)
@@ -52,12 +53,20 @@ def scan_levels(
         queue: the queue side (the markers); ``redis`` itself by default.
     """
     flags = queued_flags(queue if queue is not None else redis, job_ids, flush_queue)
+    # A job with both tasks queued has nothing the pump can do, and is behind on both sides
+    # (a marker is set when its task is enqueued because of a backlog, and deleted when the
+    # task starts): in a busy fleet that is most jobs, left out of the data side's scan.
+    scan = Scan()
+    both = sum(1 for flag in flags if flag == _BOTH_QUEUED)
+    scan.behind_scoring = scan.behind_sink = both
+    if both:
+        kept = [i for i, flag in enumerate(flags) if flag != _BOTH_QUEUED]
+        job_ids, flags = [job_ids[i] for i in kept], "".join(flags[i] for i in kept)
     args = [len(LEVEL_FIELDS), *LEVEL_FIELDS, len(END_STATUSES), *END_STATUSES]
     replies = run_chunked(
         redis, "pump_scan", job_ids, _scan_keys, args, chunk_jobs=SCAN_CHUNK_JOBS,
         call_args=lambda indexes: ["".join(flags[i] for i in indexes)],
     )  # fmt: skip
-    scan = Scan()
     for indexes, (scoring, sink, rows) in replies:
         scan.behind_scoring += int(scoring)
         scan.behind_sink += int(sink)

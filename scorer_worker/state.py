@@ -18,7 +18,7 @@ from typing import Any
 
 import pydantic_core
 
-from producer.wire import MAX_STEP, as_text
+from producer.wire import MAX_STEP, RUNNING_STATUS, as_text
 
 from .models import CheckpointInfo, TrainBeginInfo, TrainEndInfo, WireEvent
 from .summary import Summary
@@ -145,7 +145,7 @@ class JobState:
         """The job's status: its end's, ``failed`` when cut off, else ``running``."""
         if self.cut_off is not None:
             return "failed"
-        return self.end.status if self.end else "running"
+        return self.end.status if self.end else RUNNING_STATUS
 
     @property
     def first_ts(self) -> float | None:

@@ -45,6 +45,27 @@ class Pick:
     # version. Not hashed: a dict is not hashable.
     breakdown: dict[str, Any] | None = field(default=None, hash=False)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Pick:
+        """Decode what ``vars(pick)`` gave (fields missing in older heads take defaults).
+
+        Every drain decodes three picks from the head. A frozen dataclass's ``__init__`` sets
+        each field through ``object.__setattr__``, which made these a third of the head's
+        decoding, so the fields are set at once instead.
+        """
+        unknown = data.keys() - _PICK_FIELDS
+        if unknown:
+            raise TypeError(f"unknown pick fields: {sorted(unknown)}")
+        pick = object.__new__(cls)
+        pick.__dict__.update(_PICK_DEFAULTS)
+        pick.__dict__.update(data)
+        return pick
+
+
+_PICK_FIELDS = frozenset(Pick.__dataclass_fields__)
+_PICK_DEFAULTS = {"ordinal": 0, "breakdown": None}
+assert _PICK_DEFAULTS.keys() <= _PICK_FIELDS
+
 
 @dataclass
 class Summary:
@@ -254,7 +275,7 @@ class Summary:
         """Decode what :meth:`to_dict` wrote."""
         data = dict(data)
         for name in ("last_eval", "best", "best_by_eval_loss"):
-            data[name] = Pick(**data[name]) if data.get(name) else None
+            data[name] = Pick.from_dict(data[name]) if data.get(name) else None
         for name in ("epoch_at", "latest_save"):
             data[name] = tuple(data[name]) if data.get(name) else None
         data["latest_train"] = {k: tuple(v) for k, v in data.get("latest_train", {}).items()}

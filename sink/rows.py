@@ -17,7 +17,7 @@ from typing import Any
 
 from producer.events import spell_non_finite
 from producer.redaction import db_safe, redact
-from producer.wire import CHECKPOINT_PREFIX
+from producer.wire import CHECKPOINT_PREFIX, RUNNING_STATUS
 from scorer_worker.state import JobState
 from scorer_worker.summary import Pick, Summary
 
@@ -256,7 +256,7 @@ def _status(state: JobState, summary: Summary) -> str | None:
     if state.end is not None or state.cut_off is not None:
         return state.status
     # "pending" for a state with no facts keeps the platform's NOT NULL status satisfied.
-    return "running" if summary.last_ts is not None else "pending"
+    return RUNNING_STATUS if summary.last_ts is not None else "pending"
 
 
 def _error_message(state: JobState, secrets: tuple[str, ...]) -> str | None:

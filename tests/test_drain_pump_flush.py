@@ -292,3 +292,30 @@ def test_scan_levels_returns_only_jobs_to_act_on_and_counts_the_behind(fake, set
     assert scan_levels(fake, ["idle", "undrained", "unwritten", "queued"]).work == []
     unwritten = work["unwritten"].levels
     assert unwritten.undrained == 0 and unwritten.version > unwritten.written == 0
+
+
+def test_scan_levels_leaves_out_jobs_with_both_tasks_queued_and_counts_them_behind(
+    fake, settings, monkeypatch
+):
+    from scorer_worker import scan as scans
+
+    for job in ("both", "drain_only"):
+        register_job(fake, job, "tok")
+        publish(fake, raw_run(1, job=job), job=job)
+        drain_job(fake, job, settings)  # drained: behind the sink, nothing undrained
+        publish(fake, raw_run(1, job=job), job=job)  # and behind the scorer again
+    fake.set(keys.queued("both", "scoring"), "1")
+    fake.set(keys.queued("both", "sink"), "1")
+    fake.set(keys.queued("drain_only", "scoring"), "1")
+    scanned: list[list[str]] = []
+    real = scans.run_chunked
+
+    def recording(client, name, job_ids, *args, **kwargs):
+        scanned.append(list(job_ids))
+        return real(client, name, job_ids, *args, **kwargs)
+
+    monkeypatch.setattr(scans, "run_chunked", recording)
+    scan = scans.scan_levels(fake, ["both", "drain_only"])
+    assert scanned == [["drain_only"]]  # the data side never reads the job with both queued
+    assert [w.job_id for w in scan.work] == ["drain_only"]  # its flush is due
+    assert (scan.behind_scoring, scan.behind_sink) == (2, 2)

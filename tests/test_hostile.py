@@ -405,3 +405,41 @@ def test_a_stall_noted_just_before_events_arrive_is_never_reported(redis_client,
     assert not redis_client.hexists(keys.meta("racy"), "stalled_since")
     assert burst_ends()  # idle now: the stale note must not turn into a report
     assert job_row(load_state(redis_client, "racy"))["error_message"] is None
+
+
+def test_the_limit_check_reads_only_the_jobs_it_may_act_on(redis_client):
+    import time
+
+    from scorer_worker.keys import MetaField
+    from scorer_worker.limits import read_usage
+    from scorer_worker.registry import record_pod_user
+
+    now = time.time()
+    jobs = {
+        "busy": {MetaField.STATUS: "running", MetaField.DRAINED_AT: repr(now)},
+        "quiet": {MetaField.STATUS: "running", MetaField.DRAINED_AT: repr(now - 100)},
+        "quiet_with_backlog": {MetaField.STATUS: "running", MetaField.DRAINED_AT: repr(now - 100)},
+        "reported": {
+            MetaField.STATUS: "running", MetaField.DRAINED_AT: repr(now - 100),
+            MetaField.STALLED_SINCE: repr(now - 100),
+        },
+        "ended": {MetaField.STATUS: "completed", MetaField.DRAINED_AT: repr(now - 100)},
+        "cut": {MetaField.STATUS: "running", MetaField.CUT_OFF: "too much"},
+        "cut_drained": {MetaField.STATUS: "running", MetaField.CUT_OFF: "too much"},
+        "pod": {MetaField.STATUS: "running", MetaField.DRAINED_AT: repr(now)},
+    }  # fmt: skip
+    for job, fields in jobs.items():
+        register_job(redis_client, job, TOKEN)
+        redis_client.hset(keys.meta(job), mapping=fields)
+    for job in ("cut", "pod", "quiet_with_backlog"):
+        redis_client.xadd(keys.events(job), {"event": evaluation(job, 10, 1.0)})
+    record_pod_user(redis_client, "pod", "pod-user")
+    found = {u.job_id: u for u in read_usage(redis_client, list(jobs), now - 50)}
+    # Busy, reported, ended and drained cut-off jobs cost no Python time; neither does a job
+    # whose backlog the drain will fold (it talks).
+    assert sorted(found) == ["cut", "pod", "quiet"]
+    assert found["cut"].undrained == 1 and found["cut"].cut_off == "too much"
+    assert found["quiet"].drained_at == now - 100 and found["quiet"].stalled_since is None
+    pod = found["pod"]
+    assert pod.pod_user == "pod-user" and pod.entries_added == 1 and pod.stream_bytes > 0
+    assert pod.state_bytes == 0  # no state yet
