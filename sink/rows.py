@@ -148,28 +148,37 @@ def _column_safe(value: Any) -> Any:
 
 def metric_rows(state: JobState, since_version: int = 0) -> list[dict[str, Any]]:
     """Return ``local_training_metrics`` rows for the steps changed after ``since_version``."""
-    steps = {s for s, r in state.train.items() if r.changed > since_version}
-    steps |= {s for s, r in state.evals.items() if r.changed > since_version}
-    rows, finite = [], finite_or_none
-    for step in sorted(steps):  # built directly: this runs once per step of every job
-        train, evaluation = state.train.get(step), state.evals.get(step)
-        train_loss = train.loss if train else None
-        eval_loss = evaluation.eval_loss if evaluation else None
-        stamps = [r.ts for r in (train, evaluation) if r is not None]
+    train, evals = state.train, state.evals
+    steps = {s for s, r in train.items() if r.changed > since_version}
+    steps.update(s for s, r in evals.items() if r.changed > since_version)
+    rows, finite, job_id = [], finite_or_none, state.job_id
+    # Built directly, and the common step (a train log alone) on its own path: this runs once
+    # per step of every job, and was a fifth of the sink's time.
+    for step in sorted(steps):
+        log, evaluation = train.get(step), evals.get(step)
+        if evaluation is None:
+            loss = log.loss
+            rows.append(
+                {
+                    "job_id": job_id, "step": step, "epoch": log.epoch,
+                    "train_loss": finite(loss), "eval_loss": None,
+                    "learning_rate": finite(log.learning_rate), "grad_norm": finite(log.grad_norm),
+                    "perplexity": None, "train_perplexity": perplexity(loss),
+                    "timestamp": iso_time(log.ts),
+                }
+            )  # fmt: skip
+            continue
+        train_loss, eval_loss = log.loss if log else None, evaluation.eval_loss
         rows.append(
             {
-                "job_id": state.job_id,
-                "step": step,
-                "epoch": (evaluation or train).epoch,
-                "train_loss": finite(train_loss),
-                "eval_loss": finite(eval_loss),
-                "learning_rate": finite(train.learning_rate) if train else None,
-                "grad_norm": finite(train.grad_norm) if train else None,
-                "perplexity": perplexity(eval_loss),
-                "train_perplexity": perplexity(train_loss),
-                "timestamp": iso_time(max(stamps)),
+                "job_id": job_id, "step": step, "epoch": evaluation.epoch,
+                "train_loss": finite(train_loss), "eval_loss": finite(eval_loss),
+                "learning_rate": finite(log.learning_rate) if log else None,
+                "grad_norm": finite(log.grad_norm) if log else None,
+                "perplexity": perplexity(eval_loss), "train_perplexity": perplexity(train_loss),
+                "timestamp": iso_time(max(evaluation.ts, log.ts) if log else evaluation.ts),
             }
-        )
+        )  # fmt: skip
     return rows
 
 
