@@ -29,7 +29,6 @@ WIRE_KINDS = (*KINDS, EVENTS_LOST)  # every kind the scorer accepts
 INSTANCE_ID_HEX = 32
 
 END_STATUSES = ("completed", "failed", "cancelled")  # the finished statuses of a job
-RUNNING_STATUS = "running"  # a job that began and has not ended
 
 JOB_ID_PATTERN = r"[A-Za-z0-9_-]{1,64}"
 _JOB_ID_RE = re.compile(JOB_ID_PATTERN)

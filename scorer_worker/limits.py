@@ -21,13 +21,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from producer.wire import RUNNING_STATUS, as_text
+from producer.wire import as_text
 
 from . import keys
 from .acl import disable_pod_user
 from .keys import MetaField
 from .scripts import run_chunked
 from .settings import Settings
+from .state import RUNNING_STATUS
 
 log = logging.getLogger(__name__)
 

@@ -148,9 +148,7 @@ def decode_event(raw: bytes | str, stream_job_id: str) -> WireEvent:
     # Stream values arrive as bytes: the common case encodes nothing.
     text = raw if isinstance(raw, bytes) else raw.encode("utf-8", errors="replace")
     if len(text) > MAX_EVENT_BYTES:
-        size = len(raw.encode("utf-8")) if isinstance(raw, str) else len(text)
-        if size > MAX_EVENT_BYTES:
-            raise InvalidEvent(f"payload of {size} bytes exceeds {MAX_EVENT_BYTES}", raw)
+        raise InvalidEvent(f"payload of {len(text)} bytes exceeds {MAX_EVENT_BYTES}", raw)
     event = None
     if b"NaN" not in text and b"Infinity" not in text:  # pydantic's parser accepts bare NaN
         # Fast path: pydantic-core parses and validates in one pass, called directly (the

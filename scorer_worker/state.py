@@ -18,12 +18,13 @@ from typing import Any
 
 import pydantic_core
 
-from producer.wire import MAX_STEP, RUNNING_STATUS, as_text
+from producer.wire import MAX_STEP, as_text
 
 from .models import CheckpointInfo, TrainBeginInfo, TrainEndInfo, WireEvent
 from .summary import Summary
 
 STATE_FORMAT = 1
+RUNNING_STATUS = "running"  # a job's status while it has facts and no end (nor a cut-off)
 INITIAL_CURSOR = "0-0"
 HEAD_FIELD = "head"
 PACKED_FIELD = "packed"

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from producer.wire import checkpoint_step
@@ -63,8 +63,7 @@ class Pick:
 
 
 _PICK_FIELDS = frozenset(Pick.__dataclass_fields__)
-_PICK_DEFAULTS = {"ordinal": 0, "breakdown": None}
-assert _PICK_DEFAULTS.keys() <= _PICK_FIELDS
+_PICK_DEFAULTS = {f.name: f.default for f in fields(Pick) if f.default is not MISSING}
 
 
 @dataclass

@@ -17,8 +17,8 @@ from typing import Any
 
 from producer.events import spell_non_finite
 from producer.redaction import db_safe, redact
-from producer.wire import CHECKPOINT_PREFIX, RUNNING_STATUS
-from scorer_worker.state import JobState
+from producer.wire import CHECKPOINT_PREFIX
+from scorer_worker.state import RUNNING_STATUS, JobState
 from scorer_worker.summary import Pick, Summary
 
 
@@ -152,31 +152,24 @@ def metric_rows(state: JobState, since_version: int = 0) -> list[dict[str, Any]]
     steps = {s for s, r in train.items() if r.changed > since_version}
     steps.update(s for s, r in evals.items() if r.changed > since_version)
     rows, finite, job_id = [], finite_or_none, state.job_id
-    # Built directly, and the common step (a train log alone) on its own path: this runs once
-    # per step of every job, and was a fifth of the sink's time.
+    # Built directly, without per-row lists or helpers: this runs once per step of every job,
+    # and was a fifth of the sink's time.
     for step in sorted(steps):
         log, evaluation = train.get(step), evals.get(step)
-        if evaluation is None:
-            loss = log.loss
-            rows.append(
-                {
-                    "job_id": job_id, "step": step, "epoch": log.epoch,
-                    "train_loss": finite(loss), "eval_loss": None,
-                    "learning_rate": finite(log.learning_rate), "grad_norm": finite(log.grad_norm),
-                    "perplexity": None, "train_perplexity": perplexity(loss),
-                    "timestamp": iso_time(log.ts),
-                }
-            )  # fmt: skip
-            continue
-        train_loss, eval_loss = log.loss if log else None, evaluation.eval_loss
+        if evaluation is None:  # a train log alone: most steps
+            epoch, eval_loss, ts = log.epoch, None, log.ts
+        else:
+            epoch, eval_loss = evaluation.epoch, evaluation.eval_loss
+            ts = max(evaluation.ts, log.ts) if log else evaluation.ts
+        train_loss = log.loss if log else None
         rows.append(
             {
-                "job_id": job_id, "step": step, "epoch": evaluation.epoch,
+                "job_id": job_id, "step": step, "epoch": epoch,
                 "train_loss": finite(train_loss), "eval_loss": finite(eval_loss),
                 "learning_rate": finite(log.learning_rate) if log else None,
                 "grad_norm": finite(log.grad_norm) if log else None,
                 "perplexity": perplexity(eval_loss), "train_perplexity": perplexity(train_loss),
-                "timestamp": iso_time(max(evaluation.ts, log.ts) if log else evaluation.ts),
+                "timestamp": iso_time(ts),
             }
         )  # fmt: skip
     return rows
